@@ -1,0 +1,144 @@
+"""The batch actor: supervises one watched batch until it completes, then awaits its
+completion callback exactly once.
+
+Its inbox (a bounded memory channel) receives `CommandsFinished` deltas from this
+process's workers and operator actions, and `BatchFinished` hints from them, from the
+notifier (the batch was completed by another process) and from the supervisor's
+reconciliation poll. It holds the batch's counts: read from the database when it starts,
+advanced by the deltas. A hint makes it read the batch; once the database says the batch
+is complete, it awaits `on_complete(BatchMetadata)` in its own nursery, under a
+deadline. An exception or timeout there is logged with the batch id and goes no further:
+workers, ackers and the runtime never see it. The actor then ends: one invocation, ever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+import attrs
+import trio
+
+from triobus.actors.messages import BatchFinished, BatchMessage, CommandsFinished
+from triobus.actors.notifier import BATCH_CHANNEL, Notifier
+from triobus.persistence.batches import BatchMetadata, select_batch
+from triobus.persistence.driver import ConnectionPool
+from triobus.persistence.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+BatchCallback = Callable[[BatchMetadata], Awaitable[object]]
+INBOX_SIZE = 256
+
+
+class BatchActor:
+    """One watched batch (see the module docstring). `on_complete` may change until it fires."""
+
+    def __init__(
+        self,
+        domain: str,
+        batch_id: UUID,
+        *,
+        pool: ConnectionPool,
+        notifier: Notifier,
+        on_complete: BatchCallback | None,
+        callback_timeout: float,
+    ) -> None:
+        self.domain = domain
+        self.batch_id = batch_id
+        self.on_complete = on_complete
+        self.callback_timeout = callback_timeout
+        self.counts: BatchMetadata | None = None
+        self.final: BatchMetadata | None = None
+        self.done = trio.Event()
+        self._pool = pool
+        self._notifier = notifier
+        self._inbox_send, self._inbox = trio.open_memory_channel[BatchMessage](INBOX_SIZE)
+
+    def deliver(self, message: BatchMessage) -> None:
+        """Post a message without waiting. If the inbox is full the message is dropped:
+        counts are re-read at completion and the reconciliation poll repeats hints."""
+        try:
+            self._inbox_send.send_nowait(message)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            logger.debug("batch %s inbox full or closed: dropped %r", self.batch_id, message)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        hint = BatchFinished(self.domain, self.batch_id)
+        with self._notifier.subscribe(BATCH_CHANNEL, f"{self.domain}:{self.batch_id}") as hints:
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+
+                async def forward_hints() -> None:
+                    async for _ in hints:
+                        self.deliver(hint)
+
+                nursery.start_soon(forward_hints)
+                final = await self._wait_until_final()
+                nursery.cancel_scope.cancel()
+        self.final = final
+        self.done.set()
+        await self._invoke_callback(final)
+
+    async def _wait_until_final(self) -> BatchMetadata:
+        # Subscribed first, read second: a completion in between is seen by the read.
+        self.counts = await self._read()
+        while not self.counts.is_final:
+            message = await self._inbox.receive()
+            if isinstance(message, CommandsFinished):
+                self.counts = attrs.evolve(
+                    self.counts,
+                    completed_count=self.counts.completed_count + message.completed,
+                    failed_count=self.counts.failed_count + message.failed,
+                    canceled_count=self.counts.canceled_count + message.canceled,
+                )
+            else:
+                self.counts = await self._read()
+        return self.counts
+
+    async def _read(self) -> BatchMetadata:
+        """The batch as stored, retrying while the database is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    batch = await select_batch(conn, self.domain, self.batch_id)
+            except DatabaseError as ex:
+                logger.warning(
+                    "batch %s: could not read its state, retrying: %s", self.batch_id, ex
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if batch is None:  # watch_batch checks existence; a deleted batch never completes
+                raise LookupError(f"batch {self.batch_id} not found in domain {self.domain!r}")
+            return batch
+
+    async def _invoke_callback(self, final: BatchMetadata) -> None:
+        callback = self.on_complete
+        if callback is None:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._call_logged, callback, final)
+
+    async def _call_logged(self, callback: BatchCallback, final: BatchMetadata) -> None:
+        """The one deliberate swallow: a failing callback is logged, never propagated."""
+        with trio.move_on_after(self.callback_timeout) as deadline:
+            try:
+                await callback(final)
+            except Exception:
+                logger.exception(
+                    "on_complete callback of batch %s (domain %r) raised",
+                    self.batch_id,
+                    self.domain,
+                )
+                return
+        if deadline.cancelled_caught:
+            logger.error(
+                "on_complete callback of batch %s (domain %r) timed out after %.1f s"
+                " and was cancelled",
+                self.batch_id,
+                self.domain,
+                self.callback_timeout,
+            )

@@ -1,0 +1,138 @@
+"""The batch supervisor: runs one `BatchActor` per watched batch, in its own nursery.
+
+It routes committed command changes (from this process's workers and operator actions)
+to the actors of watched batches, and runs the reconciliation poll: every
+`reconcile_interval` seconds, only while some batch is watched, one query finds watched
+batches that are complete, in case their NOTIFY was lost (for instance while the
+notifier was reconnecting). Registrations live in memory: a restart loses them, and the
+batches still complete; `watch` again after a restart (it fires at once for a batch that
+is already complete).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from uuid import UUID
+
+import trio
+
+from triobus.actors.batch_actor import BatchActor, BatchCallback
+from triobus.actors.messages import BatchFinished, CommandsFinished
+from triobus.actors.notifier import Notifier
+from triobus.persistence.batches import BatchMetadata, select_final_batches
+from triobus.persistence.driver import ConnectionPool
+from triobus.persistence.errors import BatchNotFoundError, DatabaseError
+from triobus.persistence.records import CommandChange
+
+logger = logging.getLogger(__name__)
+
+BatchKey = tuple[str, UUID]
+
+
+class BatchSupervisor:
+    """Owns the batch actors (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        notifier: Notifier,
+        *,
+        callback_timeout: float,
+        reconcile_interval: float,
+    ) -> None:
+        self._pool = pool
+        self._notifier = notifier
+        self.callback_timeout = callback_timeout
+        self.reconcile_interval = reconcile_interval
+        self._actors: dict[BatchKey, BatchActor] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(self.reconcile_interval)
+                await self.reconcile_once()
+
+    def watch(self, domain: str, batch_id: UUID, on_complete: BatchCallback | None) -> BatchActor:
+        """The batch's actor, started if needed; `on_complete` replaces any earlier callback
+        (None keeps it)."""
+        key = (domain, batch_id)
+        actor = self._actors.get(key)
+        if actor is None:
+            assert self._nursery is not None, "the batch supervisor is not running"
+            actor = BatchActor(
+                domain,
+                batch_id,
+                pool=self._pool,
+                notifier=self._notifier,
+                on_complete=on_complete,
+                callback_timeout=self.callback_timeout,
+            )
+            self._actors[key] = actor
+            self._nursery.start_soon(self._supervise, actor)
+        elif on_complete is not None:
+            actor.on_complete = on_complete
+        return actor
+
+    def unwatch(self, domain: str, batch_id: UUID) -> None:
+        """Forget the batch's callback; `wait_batch` calls still waiting keep waiting."""
+        actor = self._actors.get((domain, batch_id))
+        if actor is not None:
+            actor.on_complete = None
+
+    async def wait(self, domain: str, batch_id: UUID) -> BatchMetadata:
+        """The batch's final metadata, once it is complete."""
+        actor = self.watch(domain, batch_id, None)
+        await actor.done.wait()
+        if actor.final is None:
+            raise BatchNotFoundError(domain, batch_id)
+        return actor.final
+
+    def deliver_changes(self, changes: Sequence[CommandChange]) -> None:
+        """Route committed changes to the actors of watched batches (the fast path)."""
+        deltas: dict[BatchKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+        completed: set[BatchKey] = set()
+        for change in changes:
+            if change.batch_id is None or (change.domain, change.batch_id) not in self._actors:
+                continue
+            key = (change.domain, change.batch_id)
+            slot = {"COMPLETED": 0, "FAILED": 1, "CANCELED": 2}.get(change.status)
+            if slot is not None:
+                deltas[key][slot] += 1
+            if change.batch_completed:
+                completed.add(key)
+        for key, (done, failed, canceled) in deltas.items():
+            self._actors[key].deliver(CommandsFinished(*key, done, failed, canceled))
+        for key in completed:
+            self._actors[key].deliver(BatchFinished(*key))
+
+    async def reconcile_once(self) -> int:
+        """Hint every watched batch the database says is complete; returns how many."""
+        keys = list(self._actors)
+        if not keys:
+            return 0
+        try:
+            async with self._pool.connection() as conn:
+                final = await select_final_batches(conn, keys)
+        except DatabaseError as ex:
+            logger.warning("batch reconciliation failed, will retry: %s", ex)
+            return 0
+        for key in final:
+            actor = self._actors.get(key)
+            if actor is not None:
+                actor.deliver(BatchFinished(*key))
+        return len(final)
+
+    async def _supervise(self, actor: BatchActor) -> None:
+        try:
+            await actor.run()
+        except LookupError as ex:
+            logger.error("stopped watching: %s", ex)
+        finally:
+            actor.done.set()
+            if self._actors.get((actor.domain, actor.batch_id)) is actor:
+                del self._actors[(actor.domain, actor.batch_id)]

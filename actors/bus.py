@@ -1,0 +1,347 @@
+"""The CommandBus: how an application sends and looks up commands."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from typing import TypeVar
+from uuid import UUID
+
+import trio
+
+from triobus.actors.batch_actor import BatchCallback
+from triobus.actors.batch_supervisor import BatchSupervisor
+from triobus.actors.notifier import REPLY_CHANNEL, Notifier
+from triobus.persistence import audit, batches, commands, replies
+from triobus.persistence.batches import BatchMetadata, BatchStatus
+from triobus.persistence.driver import ConnectionPool
+from triobus.persistence.errors import (
+    DuplicateCommandError,
+    UniqueViolationError,
+    ValidationError,
+)
+from triobus.persistence.records import (
+    AuditEvent,
+    BatchCommand,
+    CommandMetadata,
+    CommandStatus,
+    Reply,
+    SendResult,
+)
+from triobus.persistence.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    NewCommand,
+    check_async_callable,
+    check_limit_offset,
+    check_name,
+    check_optional_uuid,
+    check_text,
+    check_uuid,
+    encode_payload,
+    new_command,
+)
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _enum(kind: str, enum_type: type[E], value: object) -> E:
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return enum_type(value)
+    except ValueError:
+        known = ", ".join(enum_type)
+        raise ValidationError(f"{kind} {value!r} is not one of {known}") from None
+
+
+def _check_aware(kind: str, value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValidationError(f"{kind} must be a timezone-aware datetime, got {value!r:.80}")
+    return value
+
+
+class CommandBus:
+    """Sends and queries commands. Every method validates its arguments before any I/O.
+
+    Sends are idempotent by `(domain, command_id)`: a second send of the same id raises
+    `DuplicateCommandError` and writes nothing, also when the two sends race.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        notifier: Notifier,
+        batches: BatchSupervisor,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self._pool = pool
+        self._notifier = notifier
+        self._batches = batches
+        self.max_payload_bytes = max_payload_bytes
+
+    async def send(
+        self,
+        domain: str,
+        command_type: str,
+        command_id: UUID | str,
+        data: dict[str, object],
+        *,
+        correlation_id: UUID | str | None = None,
+        reply_to: str | None = None,
+        max_attempts: int | None = None,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+    ) -> SendResult:
+        """Store a command and its SENT audit event in one transaction.
+
+        A correlation id is generated when none is given; the same id is stored on the
+        command, in its audit trail and in its reply. `max_attempts=None` leaves the
+        number of attempts to the worker's retry policy. With `delay` (seconds) or
+        `not_before` (an aware datetime) the command is not claimed before that time.
+        """
+        command = new_command(
+            domain,
+            command_type,
+            command_id,
+            data,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            max_attempts=max_attempts,
+            delay=delay,
+            not_before=not_before,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        async with self._pool.connection() as conn:
+            return await commands.insert_command(conn, command)
+
+    async def get_command(self, domain: str, command_id: UUID | str) -> CommandMetadata | None:
+        """The command, or None if this domain has no command with this id."""
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("command_id", command_id, context=f"domain {checked_domain!r}")
+        async with self._pool.connection() as conn:
+            return await commands.select_command(conn, checked_domain, checked_id)
+
+    async def query_commands(
+        self,
+        *,
+        domain: str | None = None,
+        status: CommandStatus | str | None = None,
+        command_type: str | None = None,
+        correlation_id: UUID | str | None = None,
+        batch_id: UUID | str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[CommandMetadata]:
+        """Commands matching every given filter, newest first."""
+        checked_status = None if status is None else _enum("status", CommandStatus, status)
+        checked_limit, checked_offset = check_limit_offset(limit, offset)
+        domain = None if domain is None else check_name("domain", domain)
+        command_type = None if command_type is None else check_name("command_type", command_type)
+        async with self._pool.connection() as conn:
+            return await commands.select_commands(
+                conn,
+                domain=domain,
+                status=checked_status,
+                command_type=command_type,
+                correlation_id=check_optional_uuid("correlation_id", correlation_id),
+                batch_id=check_optional_uuid("batch_id", batch_id),
+                created_after=_check_aware("created_after", created_after),
+                created_before=_check_aware("created_before", created_before),
+                limit=checked_limit,
+                offset=checked_offset,
+            )
+
+    async def get_audit_trail(
+        self, command_id: UUID | str, domain: str | None = None
+    ) -> list[AuditEvent]:
+        """Audit events of a command (or batch), in the order they happened."""
+        checked_domain = None if domain is None else check_name("domain", domain)
+        checked_id = check_uuid("command_id", command_id, context=f"domain {checked_domain!r}")
+        async with self._pool.connection() as conn:
+            return await audit.select_audit_trail(conn, checked_id, checked_domain)
+
+    async def read_replies(self, queue: str, *, limit: int = 100) -> list[Reply]:
+        """Unacknowledged replies of `queue`, oldest first."""
+        checked_queue = check_name("queue", queue)
+        checked_limit, _ = check_limit_offset(limit, 0)
+        async with self._pool.connection() as conn:
+            return await replies.select_replies(conn, checked_queue, limit=checked_limit)
+
+    async def ack_replies(self, queue: str, reply_ids: Iterable[int]) -> int:
+        """Delete acknowledged replies of `queue`; returns how many were deleted."""
+        checked_queue = check_name("queue", queue)
+        ids = list(reply_ids)
+        for reply_id in ids:
+            if not isinstance(reply_id, int) or isinstance(reply_id, bool):
+                raise ValidationError(
+                    f"reply ids must be ints, got {reply_id!r:.80} (queue {checked_queue!r})"
+                )
+        async with self._pool.connection() as conn:
+            return await replies.delete_replies(conn, checked_queue, ids)
+
+    async def iter_replies(
+        self, queue: str, *, poll_interval: float = 5.0, batch_size: int = 100
+    ) -> AsyncIterator[Reply]:
+        """Yield each reply of `queue` once, waiting for new ones (NOTIFY, else polling).
+
+        Yielded replies stay stored until `ack_replies`; this iterator does not yield the
+        same reply twice, but a new iterator starts again from the oldest unacknowledged.
+        """
+        checked_queue = check_name("queue", queue)
+        checked_limit, _ = check_limit_offset(batch_size, 0)
+        last_id = 0
+        with self._notifier.subscribe(REPLY_CHANNEL, checked_queue) as hints:
+            while True:
+                async with self._pool.connection() as conn:
+                    found = await replies.select_replies(
+                        conn, checked_queue, limit=checked_limit, after_id=last_id
+                    )
+                for reply in found:
+                    last_id = reply.reply_id
+                    yield reply
+                if len(found) < checked_limit:
+                    with trio.move_on_after(poll_interval):
+                        await hints.receive()
+
+    async def create_batch(
+        self,
+        domain: str,
+        commands: Iterable[BatchCommand],
+        *,
+        batch_id: UUID | str | None = None,
+        name: str | None = None,
+        custom_data: dict[str, object] | None = None,
+        on_complete: BatchCallback | None = None,
+    ) -> UUID:
+        """Store a batch and all its commands in one transaction: all or nothing.
+
+        Every command is validated as `send` validates it, before anything is written.
+        An id repeated in the batch or already stored raises `DuplicateCommandError` and
+        writes nothing. `on_complete(BatchMetadata)` is awaited once when the batch
+        completes (see `Runtime.watch_batch`). Returns the batch id.
+        """
+        checked_domain = check_name("domain", domain)
+        checked_batch_id = (
+            uuid.uuid4()
+            if batch_id is None
+            else check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        )
+        context = f"domain {checked_domain!r}, batch {checked_batch_id}"
+        checked_name = (
+            None if name is None else check_text("name", name, max_length=200, context=context)
+        )
+        custom_data_json = (
+            None
+            if custom_data is None
+            else encode_payload(
+                "custom_data", custom_data, max_bytes=self.max_payload_bytes, context=context
+            )
+        )
+        if on_complete is not None:
+            check_async_callable("on_complete", on_complete, context=context)
+        validated = self._validate_batch_commands(checked_domain, commands, context)
+        try:
+            async with self._pool.transaction() as conn:
+                await batches.insert_batch(
+                    conn,
+                    checked_domain,
+                    checked_batch_id,
+                    validated,
+                    name=checked_name,
+                    custom_data_json=custom_data_json,
+                )
+        except UniqueViolationError:
+            async with self._pool.connection() as conn:
+                taken = await batches.first_stored_command(
+                    conn, checked_domain, [c.command_id for c in validated]
+                )
+            raise DuplicateCommandError(checked_domain, taken or "(unknown)") from None
+        if on_complete is not None:
+            self._batches.watch(checked_domain, checked_batch_id, on_complete)
+        return checked_batch_id
+
+    def _validate_batch_commands(
+        self, domain: str, commands: Iterable[BatchCommand], context: str
+    ) -> list[NewCommand]:
+        validated: list[NewCommand] = []
+        seen: set[UUID] = set()
+        for index, command in enumerate(commands):
+            if not isinstance(command, BatchCommand):
+                raise ValidationError(
+                    f"commands[{index}] must be a BatchCommand, got {type(command).__name__}"
+                    f" ({context})"
+                )
+            checked = new_command(
+                domain,
+                command.command_type,
+                command.command_id,
+                command.data,
+                correlation_id=command.correlation_id,
+                reply_to=command.reply_to,
+                max_attempts=command.max_attempts,
+                delay=command.delay,
+                not_before=command.not_before,
+                max_payload_bytes=self.max_payload_bytes,
+            )
+            if checked.command_id in seen:
+                raise DuplicateCommandError(domain, checked.command_id)
+            seen.add(checked.command_id)
+            validated.append(checked)
+        if not validated:
+            raise ValidationError(f"a batch needs at least one command ({context})")
+        return validated
+
+    async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
+        """The batch with its counts, or None."""
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        async with self._pool.connection() as conn:
+            return await batches.select_batch(conn, checked_domain, checked_id)
+
+    async def list_batches(
+        self,
+        domain: str,
+        *,
+        status: BatchStatus | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[BatchMetadata]:
+        """Batches of `domain`, newest first."""
+        checked_domain = check_name("domain", domain)
+        checked_status = None if status is None else _enum("status", BatchStatus, status)
+        checked_limit, checked_offset = check_limit_offset(limit, offset)
+        async with self._pool.connection() as conn:
+            return await batches.select_batches(
+                conn,
+                checked_domain,
+                status=checked_status,
+                limit=checked_limit,
+                offset=checked_offset,
+            )
+
+    async def list_batch_commands(
+        self,
+        domain: str,
+        batch_id: UUID | str,
+        *,
+        status: CommandStatus | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[CommandMetadata]:
+        """Commands of one batch (optionally in one status)."""
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        return await self.query_commands(
+            domain=checked_domain,
+            batch_id=checked_id,
+            status=status,
+            limit=limit,
+            offset=offset,
+        )

@@ -1,0 +1,315 @@
+"""The `triobus` operator command line.
+
+    triobus [--dsn DSN] [--json] migrate | worker | tsq ... | command show | replies read
+
+Every command needs a database: `--dsn`, else `$TRIOBUS_DSN` (the embedded cluster is for
+the demo and tests, not for operators). Output is a table for people, or JSON with
+`--json`. Expected errors print one line and exit with status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from triobus.actors.handlers import HandlerRegistry
+from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
+from triobus.persistence.errors import TriobusError
+from triobus.persistence.schema import migrate
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+Action = Callable[[argparse.Namespace, Runtime], Awaitable[Any]]
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit status 2)."""
+
+
+def _plain(value: Any) -> Any:
+    """Records and enums as JSON-ready values."""
+    if attrs.has(type(value)):
+        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _emit(args: argparse.Namespace, value: Any, columns: Sequence[str] | None = None) -> None:
+    plain = _plain(value)
+    if args.json:
+        print(json.dumps(plain, indent=2, sort_keys=True))
+    elif columns is not None:
+        print(_table(plain, columns))
+    elif isinstance(plain, dict):
+        width = max(len(k) for k in plain)
+        for key, item in plain.items():
+            print(f"{key.ljust(width)}  {_cell(item) if key != 'data' else json.dumps(item)}")
+    else:
+        print(plain)
+
+
+# -- actions ------------------------------------------------------------------------------
+
+TSQ_COLUMNS = (
+    "command_id",
+    "command_type",
+    "error_code",
+    "error_message",
+    "attempts",
+    "entered_at",
+)
+
+
+async def tsq_list(args: argparse.Namespace, runtime: Runtime) -> None:
+    items = await runtime.tsq.list_troubleshooting(
+        args.domain, command_type=args.type, limit=args.limit, offset=args.offset
+    )
+    _emit(args, items, TSQ_COLUMNS)
+
+
+async def tsq_count(args: argparse.Namespace, runtime: Runtime) -> None:
+    count = await runtime.tsq.count_troubleshooting(args.domain, command_type=args.type)
+    _emit(args, {"domain": args.domain, "count": count} if args.json else count)
+
+
+async def tsq_retry(args: argparse.Namespace, runtime: Runtime) -> None:
+    await runtime.tsq.operator_retry(args.domain, args.command_id, operator=args.operator)
+    _emit(args, {"command_id": args.command_id, "action": "retried"})
+
+
+async def tsq_cancel(args: argparse.Namespace, runtime: Runtime) -> None:
+    await runtime.tsq.operator_cancel(
+        args.domain, args.command_id, args.reason, operator=args.operator
+    )
+    _emit(args, {"command_id": args.command_id, "action": "canceled"})
+
+
+async def tsq_complete(args: argparse.Namespace, runtime: Runtime) -> None:
+    try:
+        result = None if args.result is None else json.loads(args.result)
+    except json.JSONDecodeError as ex:
+        raise UsageError(f"--result is not valid JSON: {ex}") from None
+    await runtime.tsq.operator_complete(
+        args.domain, args.command_id, result_data=result, operator=args.operator
+    )
+    _emit(args, {"command_id": args.command_id, "action": "completed"})
+
+
+async def tsq_retry_all(args: argparse.Namespace, runtime: Runtime) -> None:
+    count = await runtime.tsq.retry_all(args.domain, command_type=args.type, operator=args.operator)
+    _emit(args, {"domain": args.domain, "retried": count})
+
+
+async def tsq_cancel_all(args: argparse.Namespace, runtime: Runtime) -> None:
+    count = await runtime.tsq.cancel_all(
+        args.domain, args.reason, command_type=args.type, operator=args.operator
+    )
+    _emit(args, {"domain": args.domain, "canceled": count})
+
+
+async def command_show(args: argparse.Namespace, runtime: Runtime) -> None:
+    command = await runtime.bus.get_command(args.domain, args.command_id)
+    if command is None:
+        raise TriobusError(f"command {args.command_id} not found in domain {args.domain!r}")
+    trail = await runtime.bus.get_audit_trail(args.command_id, domain=args.domain)
+    if args.json:
+        _emit(args, {"command": command, "audit": trail})
+        return
+    _emit(args, command)
+    print()
+    _emit(args, trail, ("audit_id", "occurred_at", "event_type", "details"))
+
+
+async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
+    replies = await runtime.bus.read_replies(args.queue, limit=args.limit)
+    _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
+
+
+def _load_registry(spec: str) -> HandlerRegistry:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--app must look like package.module:registry, got {spec!r}")
+    try:
+        registry = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as ex:
+        raise UsageError(f"cannot load {spec!r}: {ex}") from None
+    if not isinstance(registry, HandlerRegistry):
+        raise UsageError(f"{spec!r} is a {type(registry).__name__}, not a HandlerRegistry")
+    return registry
+
+
+async def run_worker(args: argparse.Namespace, dsn: str) -> None:
+    """Run workers until SIGINT or SIGTERM, then stop them gracefully."""
+    registry = _load_registry(args.app)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_runtime(dsn, registry=registry) as runtime:
+            for domain in args.domain:
+                await runtime.start_worker(domain, concurrency=args.concurrency)
+            print(
+                f"triobus worker running for {', '.join(args.domain)}; SIGINT or SIGTERM stops it",
+                file=sys.stderr,
+                flush=True,
+            )
+            async for signum in signals:
+                print(
+                    f"received {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True
+                )
+                break
+
+
+async def run_migrate(args: argparse.Namespace, dsn: str) -> None:
+    applied = await migrate(dsn)
+    _emit(args, {"applied": applied})
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def options(default: Any) -> argparse.ArgumentParser:
+        # Leaves take the same options with SUPPRESS defaults, so `triobus --json tsq list`
+        # and `triobus tsq list --json` both work (a leaf default would overwrite the top's).
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument("--dsn", default=default, help=f"PostgreSQL DSN (default: ${DSN_ENV})")
+        common.add_argument(
+            "--json",
+            action="store_true",
+            default=default or False,
+            help="print JSON instead of tables",
+        )
+        return common
+
+    common = options(argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="triobus", description=__doc__.split("\n")[0], parents=[options(None)]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def leaf(group: Any, name: str, help_text: str, action: Any) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help_text, parents=[common], description=help_text
+        )
+        sub.set_defaults(action=action)
+        return sub
+
+    leaf(commands, "migrate", "apply pending schema migrations", run_migrate)
+    worker = leaf(commands, "worker", "run workers until SIGINT/SIGTERM", run_worker)
+    worker.add_argument("--app", required=True, help="handler registry, package.module:name")
+    worker.add_argument("--domain", required=True, action="append", help="domain (repeatable)")
+    worker.add_argument("--concurrency", type=int, default=8)
+
+    tsq = commands.add_parser("tsq", help="troubleshooting queue").add_subparsers(
+        dest="tsq_command", required=True, metavar="ACTION"
+    )
+    for name, help_text, action in (
+        ("list", "list commands waiting in the TSQ", tsq_list),
+        ("count", "count commands waiting in the TSQ", tsq_count),
+    ):
+        sub = leaf(tsq, name, help_text, action)
+        sub.add_argument("domain")
+        sub.add_argument("--type", help="only this command type")
+        if name == "list":
+            sub.add_argument("--limit", type=int, default=50)
+            sub.add_argument("--offset", type=int, default=0)
+    for name, help_text, action in (
+        ("retry", "send a TSQ command back to the queue", tsq_retry),
+        ("cancel", "cancel a TSQ command", tsq_cancel),
+        ("complete", "complete a TSQ command by hand", tsq_complete),
+    ):
+        sub = leaf(tsq, name, help_text, action)
+        sub.add_argument("domain")
+        sub.add_argument("command_id")
+        sub.add_argument("--operator", help="who acts (recorded in the audit trail)")
+        if name == "cancel":
+            sub.add_argument("--reason", required=True)
+        if name == "complete":
+            sub.add_argument("--result", help="result data as a JSON object")
+    for name, help_text, action in (
+        ("retry-all", "retry every TSQ command of a domain", tsq_retry_all),
+        ("cancel-all", "cancel every TSQ command of a domain", tsq_cancel_all),
+    ):
+        sub = leaf(tsq, name, help_text, action)
+        sub.add_argument("domain")
+        sub.add_argument("--type", help="only this command type")
+        sub.add_argument("--operator", help="who acts (recorded in the audit trail)")
+        if name == "cancel-all":
+            sub.add_argument("--reason", required=True)
+
+    command = commands.add_parser("command", help="inspect commands").add_subparsers(
+        dest="command_command", required=True, metavar="ACTION"
+    )
+    show = leaf(command, "show", "a command and its audit trail", command_show)
+    show.add_argument("domain")
+    show.add_argument("command_id")
+
+    replies = commands.add_parser("replies", help="reply queues").add_subparsers(
+        dest="replies_command", required=True, metavar="ACTION"
+    )
+    read = leaf(replies, "read", "unacknowledged replies of a queue", replies_read)
+    read.add_argument("queue")
+    read.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+async def _dispatch(args: argparse.Namespace, dsn: str) -> None:
+    if args.action in (run_worker, run_migrate):
+        await args.action(args, dsn)
+        return
+    async with open_runtime(dsn, migrate=False) as runtime:
+        await args.action(args, runtime)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    dsn = args.dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        print(f"triobus: error: no database: pass --dsn or set {DSN_ENV}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        trio.run(_dispatch, args, dsn)
+    except UsageError as ex:
+        print(f"triobus: error: {ex}", file=sys.stderr)
+        return EXIT_USAGE
+    except TriobusError as ex:
+        print(f"triobus: error: {ex}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Handlers: what a worker runs for each (domain, command_type).
+
+A handler is ``async def handle(command: Command, ctx: HandlerContext) -> Mapping | None``.
+The mapping it returns is stored as the command's result. It chooses a failing outcome
+by raising `TransientCommandError`, `PermanentCommandError` or `BusinessRuleError`; any
+other exception counts as transient.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+from uuid import UUID
+
+import attrs
+
+from triobus.persistence.errors import HandlerAlreadyRegisteredError, ValidationError
+from triobus.persistence.validation import check_name
+
+
+@attrs.frozen(kw_only=True)
+class Command:
+    """The command a handler receives."""
+
+    domain: str
+    command_type: str
+    command_id: UUID
+    data: dict[str, Any]
+    correlation_id: UUID
+    reply_to: str | None
+    batch_id: UUID | None
+
+
+@attrs.frozen
+class HandlerContext:
+    """Which attempt this is (1-based) out of how many."""
+
+    attempt: int
+    max_attempts: int
+
+
+HandlerFn = Callable[[Command, HandlerContext], Awaitable[Mapping[str, Any] | None]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MARK = "__triobus_handler__"
+
+
+@attrs.frozen
+class Handler:
+    """A registered handler; `runs_on_asyncio` handlers run through trio-asyncio."""
+
+    fn: HandlerFn
+    runs_on_asyncio: bool
+
+
+def handler(domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
+    """Mark a method of a handler class; `HandlerRegistry.register_instance` registers it."""
+    key = (check_name("domain", domain), check_name("command_type", command_type))
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, (key, asyncio))
+        return fn
+
+    return mark
+
+
+class HandlerRegistry:
+    """Maps (domain, command_type) to one handler. Registering a pair twice raises."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], Handler] = {}
+
+    def register(
+        self, domain: str, command_type: str, fn: HandlerFn, *, asyncio: bool = False
+    ) -> None:
+        key = (check_name("domain", domain), check_name("command_type", command_type))
+        if not inspect.iscoroutinefunction(fn):
+            raise ValidationError(
+                f"handler for {key[0]!r}/{key[1]!r} must be an async function, got {fn!r}"
+            )
+        if key in self._handlers:
+            raise HandlerAlreadyRegisteredError(*key)
+        self._handlers[key] = Handler(fn, asyncio)
+
+    def handler(self, domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
+        """Decorator form of `register`."""
+
+        def register(fn: F) -> F:
+            self.register(domain, command_type, fn, asyncio=asyncio)
+            return fn
+
+        return register
+
+    def register_instance(self, obj: object) -> None:
+        """Register every method of `obj` marked with the module-level `@handler`."""
+        for name in dir(obj):
+            method = getattr(obj, name, None)
+            mark = getattr(method, _MARK, None)
+            if mark is not None:
+                (domain, command_type), runs_on_asyncio = mark
+                self.register(domain, command_type, method, asyncio=runs_on_asyncio)  # type: ignore[arg-type]
+
+    def get(self, domain: str, command_type: str) -> Handler | None:
+        return self._handlers.get((domain, command_type))
+
+    def domains(self) -> set[str]:
+        return {domain for domain, _ in self._handlers}
+
+    @property
+    def needs_asyncio(self) -> bool:
+        return any(h.runs_on_asyncio for h in self._handlers.values())

@@ -1,0 +1,287 @@
+"""The runtime: one per process. It owns the pool, the notifier and the actors' nursery.
+
+    open_runtime(dsn)                 supervisor nursery
+     ├─ notifier                      one LISTEN connection, hints fanned out to subscribers
+     ├─ batch supervisor              one batch actor per watched batch; reconciliation poll
+     └─ worker[domain] ...            started with `start_worker`, stopped with its handle
+
+Every actor is started with `nursery.start` and is running when the call returns.
+Leaving the `open_runtime` block stops the workers (each lets its handlers finish within
+its grace period and releases what it claimed but did not finish), then cancels the rest,
+closes the pool and, if one was started, stops the embedded cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from uuid import UUID
+
+import attrs
+import trio
+import trio_asyncio
+
+from triobus.actors.batch_actor import BatchCallback
+from triobus.actors.batch_supervisor import BatchSupervisor
+from triobus.actors.bus import CommandBus
+from triobus.actors.handlers import HandlerRegistry
+from triobus.actors.notifier import Notifier
+from triobus.actors.troubleshooting import TroubleshootingQueue
+from triobus.actors.worker import RetryPolicy, Worker, WorkerStatistics
+from triobus.persistence.batches import BatchMetadata
+from triobus.persistence.driver import ConnectionPool, DriverKind, PoolStatistics, open_pool
+from triobus.persistence.embedded import open_embedded_postgres
+from triobus.persistence.errors import BatchNotFoundError, ValidationError
+from triobus.persistence.schema import migrate as apply_migrations
+from triobus.persistence.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_async_callable,
+    check_name,
+    check_positive_int,
+    check_uuid,
+)
+
+logger = logging.getLogger(__name__)
+
+DSN_ENV = "TRIOBUS_DSN"
+DRIVER_ENV = "TRIOBUS_DRIVER"
+
+
+@attrs.frozen
+class RuntimeStatistics:
+    """A snapshot: one record per running worker, and the pool's."""
+
+    workers: tuple[WorkerStatistics, ...]
+    pool: PoolStatistics
+    notifier_reconnects: int
+
+
+def _driver_from(value: DriverKind | str | None) -> DriverKind:
+    value = value or os.environ.get(DRIVER_ENV) or DriverKind.NATIVE
+    try:
+        return DriverKind(value)
+    except ValueError:
+        known = ", ".join(DriverKind)
+        raise ValidationError(f"driver {value!r} is not one of {known}") from None
+
+
+def _check_seconds(kind: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValidationError(f"{kind} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class Runtime:
+    """An open runtime. `bus` sends and queries commands, `tsq` is the troubleshooting
+    queue's operator interface, `start_worker` runs handlers."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        pool: ConnectionPool,
+        registry: HandlerRegistry,
+        notifier: Notifier,
+        batches: BatchSupervisor,
+        nursery: trio.Nursery,
+        max_payload_bytes: int,
+    ) -> None:
+        self.dsn = dsn
+        self.pool = pool
+        self.registry = registry
+        self.bus = CommandBus(pool, notifier, batches, max_payload_bytes=max_payload_bytes)
+        self.tsq = TroubleshootingQueue(pool, on_changed=batches.deliver_changes)
+        self._batches = batches
+        self._notifier = notifier
+        self._nursery = nursery
+        self._workers: list[Worker] = []
+
+    async def start_worker(
+        self,
+        domain: str,
+        *,
+        concurrency: int = 8,
+        visibility_timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+        handler_timeout: float | None = None,
+        poll_interval: float = 5.0,
+        heartbeat_interval: float | None = None,
+        grace_period: float = 10.0,
+    ) -> Worker:
+        """Start a worker for `domain`; it is claiming when this returns.
+
+        `heartbeat_interval` defaults to a third of `visibility_timeout`. The returned
+        handle has `await stop()` and `statistics()`.
+        """
+        checked_domain = check_name("domain", domain)
+        timeout = _check_seconds("visibility_timeout", visibility_timeout)
+        assert timeout is not None
+        heartbeat = _check_seconds("heartbeat_interval", heartbeat_interval, allow_none=True)
+        worker = Worker(
+            domain=checked_domain,
+            pool=self.pool,
+            registry=self.registry,
+            notifier=self._notifier,
+            concurrency=check_positive_int("concurrency", concurrency, limit=10_000),
+            visibility_timeout=timeout,
+            retry_policy=retry_policy or RetryPolicy(),
+            handler_timeout=_check_seconds("handler_timeout", handler_timeout, allow_none=True),
+            poll_interval=_check_seconds("poll_interval", poll_interval) or 5.0,
+            heartbeat_interval=heartbeat if heartbeat is not None else timeout / 3,
+            grace_period=_check_seconds("grace_period", grace_period) or 10.0,
+            on_acked=self._batches.deliver_changes,
+        )
+        await self._nursery.start(worker.run)
+        self._workers.append(worker)
+        return worker
+
+    async def watch_batch(
+        self, domain: str, batch_id: UUID | str, on_complete: BatchCallback
+    ) -> None:
+        """Await `on_complete(BatchMetadata)` once when the batch completes (at once if it
+        already has). Replaces an earlier callback of this batch in this runtime.
+
+        The registration lives in memory: it is lost when the process stops, and the
+        batch still completes. Raises `BatchNotFoundError` for an unknown batch.
+        """
+        checked_domain, checked_id = await self._existing_batch(domain, batch_id)
+        check_async_callable(
+            "on_complete", on_complete, context=f"domain {checked_domain!r}, batch {checked_id}"
+        )
+        self._batches.watch(checked_domain, checked_id, on_complete)
+
+    def unwatch_batch(self, domain: str, batch_id: UUID | str) -> None:
+        """Drop the batch's callback in this runtime (no-op if none)."""
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        self._batches.unwatch(checked_domain, checked_id)
+
+    async def wait_batch(
+        self,
+        domain: str,
+        batch_id: UUID | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the documented API; fail_after inside
+    ) -> BatchMetadata:
+        """Wait until the batch is complete and return its final metadata.
+
+        Raises `trio.TooSlowError` after `timeout` seconds, `BatchNotFoundError` for an
+        unknown batch.
+        """
+        checked_domain, checked_id = await self._existing_batch(domain, batch_id)
+        seconds = _check_seconds("timeout", timeout, allow_none=True)
+        with trio.fail_after(math.inf if seconds is None else seconds):
+            return await self._batches.wait(checked_domain, checked_id)
+
+    async def _existing_batch(self, domain: str, batch_id: UUID | str) -> tuple[str, UUID]:
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        if await self.bus.get_batch(checked_domain, checked_id) is None:
+            raise BatchNotFoundError(checked_domain, checked_id)
+        return checked_domain, checked_id
+
+    def statistics(self) -> RuntimeStatistics:
+        return RuntimeStatistics(
+            workers=tuple(w.statistics() for w in self._workers),
+            pool=self.pool.statistics(),
+            notifier_reconnects=self._notifier.reconnects,
+        )
+
+    async def _stop_workers(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers:
+                nursery.start_soon(worker.stop)
+
+
+@asynccontextmanager
+async def open_runtime(
+    dsn: str | None = None,
+    *,
+    registry: HandlerRegistry | None = None,
+    migrate: bool = True,
+    driver: DriverKind | str | None = None,
+    pool_size: int = 8,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    batch_callback_timeout: float = 60.0,
+    batch_reconcile_interval: float = 5.0,
+) -> AsyncIterator[Runtime]:
+    """Open a runtime on `dsn`, else on `$TRIOBUS_DSN`, else on an embedded cluster.
+
+    The embedded cluster is private to this runtime and deleted when it closes.
+    `driver` (or `$TRIOBUS_DRIVER`) chooses how psycopg is driven: "native" (default)
+    or "thread" (the fallback on psycopg's public sync API). With `migrate=True` the
+    schema is brought up to date first. An asyncio loop (trio-asyncio) runs inside the
+    runtime for handlers registered with `asyncio=True`. Batch completion callbacks run
+    under `batch_callback_timeout`; watched batches are reconciled with the database every
+    `batch_reconcile_interval` seconds in case a notification was lost.
+    """
+    kind = _driver_from(driver)
+    check_positive_int("pool_size", pool_size, limit=1000)
+    callback_timeout = _check_seconds("batch_callback_timeout", batch_callback_timeout)
+    reconcile_interval = _check_seconds("batch_reconcile_interval", batch_reconcile_interval)
+    assert callback_timeout is not None and reconcile_interval is not None
+    registry = registry if registry is not None else HandlerRegistry()
+    try:
+        async with AsyncExitStack() as stack:
+            dsn = dsn or os.environ.get(DSN_ENV) or None
+            if dsn is None:
+                logger.info("no DSN given and %s unset: starting an embedded PostgreSQL", DSN_ENV)
+                dsn = await stack.enter_async_context(open_embedded_postgres())
+            if migrate:
+                await apply_migrations(dsn, driver=kind)
+            pool = await stack.enter_async_context(open_pool(dsn, driver=kind, max_size=pool_size))
+            await stack.enter_async_context(trio_asyncio.open_loop())  # for asyncio handlers
+            async with trio.open_nursery() as nursery:
+                notifier = Notifier(dsn, kind)
+                await nursery.start(notifier.run)
+                batches = BatchSupervisor(
+                    pool,
+                    notifier,
+                    callback_timeout=callback_timeout,
+                    reconcile_interval=reconcile_interval,
+                )
+                await nursery.start(batches.run)
+                runtime = Runtime(
+                    dsn=dsn,
+                    pool=pool,
+                    registry=registry,
+                    notifier=notifier,
+                    batches=batches,
+                    nursery=nursery,
+                    max_payload_bytes=max_payload_bytes,
+                )
+                try:
+                    yield runtime
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await runtime._stop_workers()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        sole = _sole_exception(group)
+        if sole is None:
+            raise
+        raise sole from None
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested single-member groups, else None.
+
+    Trio nurseries wrap whatever leaves them in exception groups; a runtime that failed
+    for one reason (often the application's own error in the block) raises that error.
+    """
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,215 @@
+"""The troubleshooting queue (TSQ): where commands that cannot succeed wait for an operator.
+
+An operator retries a command (back to PENDING, attempts reset, visible at once),
+cancels it (CANCELED, with a CANCELED reply) or completes it by hand (COMPLETED, with a
+SUCCESS reply carrying `result_data`). Each single-command action is one transaction
+that locks the row: of two operators acting on one command at once, exactly one
+succeeds and the other gets `InvalidOperationError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+from triobus.persistence.driver import ConnectionPool
+from triobus.persistence.errors import CommandNotFoundError, InvalidOperationError
+from triobus.persistence.records import CommandChange
+from triobus.persistence.troubleshooting import (
+    OperatorAction,
+    TroubleshootingItem,
+    apply_operator_action,
+    count_troubleshooting,
+    lock_command_status,
+    select_troubleshooting,
+)
+from triobus.persistence.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_limit_offset,
+    check_name,
+    check_text,
+    check_uuid,
+    encode_payload,
+)
+
+_TSQ = "IN_TROUBLESHOOTING_QUEUE"
+OnChanged = Callable[[Sequence[CommandChange]], None]
+
+
+def _optional_type(command_type: str | None, domain: str) -> str | None:
+    if command_type is None:
+        return None
+    return check_name("command_type", command_type, context=f"domain {domain!r}")
+
+
+def _optional_operator(operator: str | None, context: str) -> str | None:
+    return (
+        None
+        if operator is None
+        else check_text("operator", operator, max_length=200, context=context)
+    )
+
+
+class TroubleshootingQueue:
+    """Lists the TSQ and applies the operator's actions (see the module docstring)."""
+
+    def __init__(self, pool: ConnectionPool, on_changed: OnChanged | None = None) -> None:
+        self._pool = pool
+        self._on_changed = on_changed
+
+    async def list_troubleshooting(
+        self, domain: str, *, command_type: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[TroubleshootingItem]:
+        """Commands of `domain` in the TSQ, the longest waiting first."""
+        checked_domain = check_name("domain", domain)
+        checked_type = _optional_type(command_type, checked_domain)
+        checked_limit, checked_offset = check_limit_offset(limit, offset)
+        async with self._pool.connection() as conn:
+            return await select_troubleshooting(
+                conn,
+                checked_domain,
+                command_type=checked_type,
+                limit=checked_limit,
+                offset=checked_offset,
+            )
+
+    async def count_troubleshooting(self, domain: str, *, command_type: str | None = None) -> int:
+        checked_domain = check_name("domain", domain)
+        checked_type = _optional_type(command_type, checked_domain)
+        async with self._pool.connection() as conn:
+            return await count_troubleshooting(conn, checked_domain, command_type=checked_type)
+
+    async def operator_retry(
+        self, domain: str, command_id: UUID | str, *, operator: str | None = None
+    ) -> None:
+        """Send a TSQ command back to PENDING with its attempts reset, visible now."""
+        checked_domain, checked_id, context = self._key(domain, command_id)
+        await self._act_on_one(
+            OperatorAction.RETRY,
+            checked_domain,
+            checked_id,
+            operator=_optional_operator(operator, context),
+        )
+
+    async def operator_cancel(
+        self, domain: str, command_id: UUID | str, reason: str, *, operator: str | None = None
+    ) -> None:
+        """Cancel a TSQ command for good; its reply (if any) is CANCELED with `reason`."""
+        checked_domain, checked_id, context = self._key(domain, command_id)
+        await self._act_on_one(
+            OperatorAction.CANCEL,
+            checked_domain,
+            checked_id,
+            operator=_optional_operator(operator, context),
+            reason=check_text("reason", reason, max_length=1000, context=context),
+        )
+
+    async def operator_complete(
+        self,
+        domain: str,
+        command_id: UUID | str,
+        *,
+        result_data: dict[str, object] | None = None,
+        operator: str | None = None,
+    ) -> None:
+        """Complete a TSQ command by hand; its reply (if any) is SUCCESS with `result_data`."""
+        checked_domain, checked_id, context = self._key(domain, command_id)
+        result_json = None
+        if result_data is not None:
+            result_json = encode_payload(
+                "result_data", result_data, max_bytes=DEFAULT_MAX_PAYLOAD_BYTES, context=context
+            )
+        await self._act_on_one(
+            OperatorAction.COMPLETE,
+            checked_domain,
+            checked_id,
+            operator=_optional_operator(operator, context),
+            result_json=result_json,
+        )
+
+    async def retry_all(
+        self, domain: str, *, command_type: str | None = None, operator: str | None = None
+    ) -> int:
+        """Retry every TSQ command of `domain` (of one type, if given); returns the count."""
+        checked_domain = check_name("domain", domain)
+        return await self._act_on_all(
+            OperatorAction.RETRY,
+            checked_domain,
+            _optional_type(command_type, checked_domain),
+            operator=_optional_operator(operator, f"domain {checked_domain!r}"),
+        )
+
+    async def cancel_all(
+        self,
+        domain: str,
+        reason: str,
+        *,
+        command_type: str | None = None,
+        operator: str | None = None,
+    ) -> int:
+        """Cancel every TSQ command of `domain` (of one type, if given); returns the count."""
+        checked_domain = check_name("domain", domain)
+        context = f"domain {checked_domain!r}"
+        return await self._act_on_all(
+            OperatorAction.CANCEL,
+            checked_domain,
+            _optional_type(command_type, checked_domain),
+            operator=_optional_operator(operator, context),
+            reason=check_text("reason", reason, max_length=1000, context=context),
+        )
+
+    @staticmethod
+    def _key(domain: str, command_id: UUID | str) -> tuple[str, UUID, str]:
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("command_id", command_id, context=f"domain {checked_domain!r}")
+        return checked_domain, checked_id, f"domain {checked_domain!r}, command {checked_id}"
+
+    async def _act_on_one(
+        self,
+        action: OperatorAction,
+        domain: str,
+        command_id: UUID,
+        *,
+        operator: str | None,
+        reason: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        async with self._pool.transaction() as conn:
+            status = await lock_command_status(conn, domain, command_id)
+            if status is None:
+                raise CommandNotFoundError(domain, command_id)
+            if status != _TSQ:
+                raise InvalidOperationError(
+                    f"command {command_id} in domain {domain!r} is {status}, not in the "
+                    f"troubleshooting queue: operator {action.name.lower()} does not apply"
+                )
+            changed = await apply_operator_action(
+                conn,
+                action,
+                domain,
+                command_id=command_id,
+                operator=operator,
+                reason=reason,
+                result_json=result_json,
+            )
+        self._notify(changed)
+
+    async def _act_on_all(
+        self,
+        action: OperatorAction,
+        domain: str,
+        command_type: str | None,
+        *,
+        operator: str | None,
+        reason: str | None = None,
+    ) -> int:
+        async with self._pool.connection() as conn:
+            changed = await apply_operator_action(
+                conn, action, domain, command_type=command_type, operator=operator, reason=reason
+            )
+        self._notify(changed)
+        return len(changed)
+
+    def _notify(self, changed: Sequence[CommandChange]) -> None:
+        if self._on_changed is not None and changed:
+            self._on_changed(changed)

@@ -1,0 +1,116 @@
+"""SQL for the command table: sending and querying commands.
+
+A send is one statement: the command row and its SENT audit row are inserted together
+(so they commit together), and a duplicate `(domain, command_id)` inserts nothing. It
+NOTIFYs `triobus_command` with the domain, so idle workers of that domain wake up.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from triobus.persistence.driver import Connection
+from triobus.persistence.errors import DuplicateCommandError
+from triobus.persistence.records import CommandMetadata, CommandStatus, SendResult
+from triobus.persistence.validation import NewCommand
+
+INSERT_COMMAND = """
+WITH inserted AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
+         visible_at)
+    VALUES (%(domain)s, %(command_id)s, %(command_type)s, %(data)s::jsonb,
+            %(correlation_id)s, %(reply_to)s, %(max_attempts)s,
+            coalesce(%(not_before)s::timestamptz,
+                     now() + make_interval(secs => coalesce(%(delay)s::float8, 0))))
+    ON CONFLICT (domain, command_id) DO NOTHING
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at
+), sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type,
+                              'correlation_id', correlation_id,
+                              'reply_to', reply_to,
+                              'max_attempts', max_attempts,
+                              'visible_at', visible_at)
+    FROM inserted
+)
+SELECT command_id, pg_notify('triobus_command', domain) FROM inserted
+"""
+
+SELECT_COMMAND = "SELECT * FROM triobus.command WHERE domain = %s AND command_id = %s"
+
+# query_commands: each filter is a constant clause; only values come from the caller.
+_FILTERS = {
+    "domain": "domain = %(domain)s",
+    "status": "status = %(status)s",
+    "command_type": "command_type = %(command_type)s",
+    "correlation_id": "correlation_id = %(correlation_id)s",
+    "batch_id": "batch_id = %(batch_id)s",
+    "created_after": "created_at > %(created_after)s",
+    "created_before": "created_at < %(created_before)s",
+}
+
+
+async def insert_command(conn: Connection, command: NewCommand) -> SendResult:
+    """Insert a validated command with its SENT audit row.
+
+    Raises DuplicateCommandError if the id is taken, also when two sends race.
+    """
+    row = await conn.fetch_one(
+        INSERT_COMMAND,
+        {
+            "domain": command.domain,
+            "command_id": command.command_id,
+            "command_type": command.command_type,
+            "data": command.data_json,
+            "correlation_id": command.correlation_id,
+            "reply_to": command.reply_to,
+            "max_attempts": command.max_attempts,
+            "delay": command.delay,
+            "not_before": command.not_before,
+        },
+    )
+    if row is None:
+        raise DuplicateCommandError(command.domain, command.command_id)
+    return SendResult(command.domain, command.command_id, command.correlation_id)
+
+
+async def select_command(conn: Connection, domain: str, command_id: UUID) -> CommandMetadata | None:
+    row = await conn.fetch_one(SELECT_COMMAND, (domain, command_id))
+    return None if row is None else CommandMetadata.from_row(row)
+
+
+async def select_commands(
+    conn: Connection,
+    *,
+    domain: str | None,
+    status: CommandStatus | None,
+    command_type: str | None,
+    correlation_id: UUID | None,
+    batch_id: UUID | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    limit: int,
+    offset: int,
+) -> list[CommandMetadata]:
+    """Commands matching every given filter, newest first."""
+    params: dict[str, object] = {
+        "domain": domain,
+        "status": status,
+        "command_type": command_type,
+        "correlation_id": correlation_id,
+        "batch_id": batch_id,
+        "created_after": created_after,
+        "created_before": created_before,
+    }
+    clauses = [clause for name, clause in _FILTERS.items() if params[name] is not None]
+    where = " AND ".join(clauses) or "TRUE"
+    rows = await conn.fetch_all(
+        f"SELECT * FROM triobus.command WHERE {where}"
+        " ORDER BY created_at DESC, command_id LIMIT %(limit)s OFFSET %(offset)s",
+        {**params, "limit": limit, "offset": offset},
+    )
+    return [CommandMetadata.from_row(row) for row in rows]

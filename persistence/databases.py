@@ -1,0 +1,54 @@
+"""Creating and dropping whole databases: used by the test harness for one database per test."""
+
+from __future__ import annotations
+
+import re
+
+from psycopg.conninfo import make_conninfo
+
+from triobus.persistence.driver import DriverKind, connect
+from triobus.persistence.errors import ValidationError
+
+_DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+def _checked(name: str) -> str:
+    """Database names are identifiers: only generated, plain lower-case names are accepted."""
+    if not _DATABASE_NAME.fullmatch(name):
+        raise ValidationError(f"database name must match {_DATABASE_NAME.pattern}, got {name!r}")
+    return name
+
+
+def database_dsn(dsn: str, dbname: str) -> str:
+    """`dsn` pointing at database `dbname` instead."""
+    return make_conninfo(dsn, dbname=_checked(dbname))
+
+
+async def create_database(
+    admin_dsn: str,
+    name: str,
+    *,
+    template: str | None = None,
+    driver: DriverKind = DriverKind.NATIVE,
+) -> str:
+    """Create database `name` (a copy of `template` if given); return its DSN."""
+    sql = f'CREATE DATABASE "{_checked(name)}"'
+    if template is not None:
+        sql += f' TEMPLATE "{_checked(template)}" STRATEGY FILE_COPY'
+    conn = await connect(admin_dsn, driver)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+    return database_dsn(admin_dsn, name)
+
+
+async def drop_database(
+    admin_dsn: str, name: str, *, driver: DriverKind = DriverKind.NATIVE
+) -> None:
+    """Drop database `name` if it exists, disconnecting its sessions."""
+    conn = await connect(admin_dsn, driver)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{_checked(name)}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -1,0 +1,293 @@
+"""SQL for the command table as a queue: claim, extend leases, acknowledge, release.
+
+A claim takes a lease: `visible_at = now() + visibility_timeout` and a fresh
+`lease_token`. Every later write by the claimer is guarded by that token and by
+`status = 'IN_PROGRESS'` (the `..._if_claimed` statements), so a result that arrives after
+its lease expired and the command was claimed again, or after an operator acted, changes
+nothing. Each statement writes its audit rows (and replies) itself: one round trip.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from triobus.persistence.batches import batch_changes_sql
+from triobus.persistence.driver import Connection, Row
+from triobus.persistence.records import CommandChange
+
+CLAIM_COMMANDS = f"""
+WITH candidates AS (
+    SELECT domain, command_id,
+           status = 'IN_PROGRESS'
+               AND attempts >= coalesce(max_attempts, %(default_max_attempts)s) AS exhausted
+    FROM triobus.command
+    WHERE domain = %(domain)s AND status IN ('PENDING', 'IN_PROGRESS') AND visible_at <= now()
+    ORDER BY visible_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE triobus.command c
+    SET status = 'IN_PROGRESS', attempts = c.attempts + 1,
+        visible_at = now() + make_interval(secs => %(visibility_timeout)s),
+        lease_token = gen_random_uuid(), updated_at = now()
+    FROM candidates k
+    WHERE c.domain = k.domain AND c.command_id = k.command_id AND NOT k.exhausted
+    RETURNING c.*
+), exhausted AS (
+    UPDATE triobus.command c
+    SET status = 'IN_TROUBLESHOOTING_QUEUE', lease_token = NULL, updated_at = now(),
+        error_type = 'LeaseExpired', error_code = 'LEASE_EXPIRED',
+        error_message = 'claimed ' || c.attempts
+            || ' times without a result: the worker stopped or died each time',
+        error_details = NULL
+    FROM candidates k
+    WHERE c.domain = k.domain AND c.command_id = k.command_id AND k.exhausted
+    RETURNING c.domain, c.command_id, c.batch_id, c.attempts, c.error_type, c.error_code,
+              c.error_message
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'RECEIVED', jsonb_build_object('attempt', attempts)
+    FROM claimed
+    UNION ALL
+    SELECT domain, command_id, 'RETRY_EXHAUSTED',
+           jsonb_build_object('attempt', attempts, 'error_type', error_type,
+                              'error_code', error_code, 'error_message', error_message)
+    FROM exhausted
+), deltas AS (
+    SELECT domain, batch_id, true AS started, 0 AS completed, 0 AS failed, 0 AS canceled,
+           0 AS tsq
+    FROM claimed
+    UNION ALL
+    SELECT domain, batch_id, false, 0, 0, 0, 1 FROM exhausted
+), {batch_changes_sql("deltas")}
+SELECT * FROM claimed ORDER BY visible_at, command_id
+"""
+
+EXTEND_LEASES_IF_CLAIMED = """
+UPDATE triobus.command
+SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
+WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
+  AND lease_token = ANY(%(lease_tokens)s) AND status = 'IN_PROGRESS'
+"""
+
+RELEASE_IF_CLAIMED = """
+UPDATE triobus.command
+SET status = 'PENDING', visible_at = now(), lease_token = NULL,
+    attempts = attempts - 1, updated_at = now()
+WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
+  AND lease_token = ANY(%(lease_tokens)s) AND status = 'IN_PROGRESS'
+"""
+
+ACK_IF_CLAIMED = f"""
+WITH r AS (
+    SELECT * FROM unnest(
+        %(domain)s::text[], %(command_id)s::uuid[], %(lease_token)s::uuid[],
+        %(status)s::text[], %(event)s::text[], %(retry_delay)s::float8[], %(result)s::text[],
+        %(error_type)s::text[], %(error_code)s::text[], %(error_message)s::text[],
+        %(error_details)s::text[])
+    AS r(domain, command_id, lease_token, status, event, retry_delay, result,
+         error_type, error_code, error_message, error_details)
+    ORDER BY domain, command_id
+), acked AS (
+    UPDATE triobus.command c
+    SET status = r.status,
+        result = r.result::jsonb,
+        -- a success keeps the last error on the row; the audit trail has them all
+        error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
+        error_code = CASE WHEN r.error_type IS NULL THEN c.error_code ELSE r.error_code END,
+        error_message = CASE WHEN r.error_type IS NULL THEN c.error_message
+                             ELSE r.error_message END,
+        error_details = CASE WHEN r.error_type IS NULL THEN c.error_details
+                             ELSE r.error_details::jsonb END,
+        visible_at = CASE WHEN r.status = 'PENDING'
+                          THEN now() + make_interval(secs => r.retry_delay)
+                          ELSE c.visible_at END,
+        lease_token = NULL,
+        updated_at = now()
+    FROM r
+    WHERE c.domain = r.domain AND c.command_id = r.command_id
+      AND c.lease_token = r.lease_token AND c.status = 'IN_PROGRESS'
+    RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
+              c.result, c.attempts, r.error_type, r.error_code, r.error_message,
+              r.error_details::jsonb AS error_details, r.event, r.retry_delay
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, event,
+           jsonb_strip_nulls(jsonb_build_object(
+               'attempt', attempts, 'error_type', error_type, 'error_code', error_code,
+               'error_message', error_message, 'error_details', error_details,
+               'retry_in_seconds', CASE WHEN status = 'PENDING' THEN retry_delay END))
+    FROM acked
+), replies AS (
+    INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
+    SELECT reply_to, domain, command_id, correlation_id,
+           CASE status WHEN 'COMPLETED' THEN 'SUCCESS' ELSE 'FAILED' END,
+           CASE status WHEN 'COMPLETED' THEN result
+                ELSE jsonb_strip_nulls(jsonb_build_object(
+                    'error_type', error_type, 'error_code', error_code,
+                    'error_message', error_message, 'error_details', error_details)) END
+    FROM acked
+    WHERE reply_to IS NOT NULL AND status IN ('COMPLETED', 'FAILED')
+    ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
+    RETURNING pg_notify('triobus_reply', queue)
+), deltas AS (
+    SELECT domain, batch_id, false AS started,
+           (status = 'COMPLETED')::int AS completed, (status = 'FAILED')::int AS failed,
+           0 AS canceled, (status = 'IN_TROUBLESHOOTING_QUEUE')::int AS tsq
+    FROM acked
+), {batch_changes_sql("deltas")}
+SELECT a.domain, a.command_id, a.status, a.batch_id,
+       coalesce(bu.newly_completed, false) AS batch_completed
+FROM acked a
+LEFT JOIN batch_updated bu ON bu.domain = a.domain AND bu.batch_id = a.batch_id
+"""
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedCommand:
+    """A command row as claimed: the lease is held until `visible_at` unless extended."""
+
+    domain: str
+    command_id: UUID
+    command_type: str
+    data: dict[str, Any]
+    correlation_id: UUID
+    reply_to: str | None
+    batch_id: UUID | None
+    attempt: int
+    max_attempts: int | None
+    lease_token: UUID
+
+    @classmethod
+    def from_row(cls, row: Row) -> ClaimedCommand:
+        return cls(
+            domain=row["domain"],
+            command_id=row["command_id"],
+            command_type=row["command_type"],
+            data=row["data"],
+            correlation_id=row["correlation_id"],
+            reply_to=row["reply_to"],
+            batch_id=row["batch_id"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            lease_token=row["lease_token"],
+        )
+
+
+class Outcome(enum.Enum):
+    """How a handler run ends, as (new status, audit event)."""
+
+    COMPLETED = ("COMPLETED", "COMPLETED")
+    RETRY_SCHEDULED = ("PENDING", "RETRY_SCHEDULED")
+    RETRY_EXHAUSTED = ("IN_TROUBLESHOOTING_QUEUE", "RETRY_EXHAUSTED")
+    MOVED_TO_TSQ = ("IN_TROUBLESHOOTING_QUEUE", "MOVED_TO_TSQ")
+    BUSINESS_RULE_FAILED = ("FAILED", "BUSINESS_RULE_FAILED")
+
+    @property
+    def status(self) -> str:
+        return self.value[0]
+
+    @property
+    def event(self) -> str:
+        return self.value[1]
+
+
+@attrs.frozen(kw_only=True)
+class HandlerResult:
+    """The result of one handler run, to acknowledge under the claim's lease token."""
+
+    domain: str
+    command_id: UUID
+    lease_token: UUID
+    outcome: Outcome
+    result_json: str | None = None
+    retry_delay: float | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    error_details: dict[str, Any] | None = None
+
+
+async def claim_commands(
+    conn: Connection,
+    domain: str,
+    *,
+    limit: int,
+    visibility_timeout: float,
+    default_max_attempts: int,
+) -> list[ClaimedCommand]:
+    """Claim up to `limit` visible commands (SKIP LOCKED), oldest first.
+
+    A command whose lease expired after its last allowed attempt is not claimed: it moves
+    to the troubleshooting queue (RETRY_EXHAUSTED, code LEASE_EXPIRED) in the same statement.
+    """
+    rows = await conn.fetch_all(
+        CLAIM_COMMANDS,
+        {
+            "domain": domain,
+            "limit": limit,
+            "visibility_timeout": visibility_timeout,
+            "default_max_attempts": default_max_attempts,
+        },
+    )
+    return [ClaimedCommand.from_row(row) for row in rows]
+
+
+async def extend_leases_if_claimed(
+    conn: Connection, domain: str, claims: Sequence[ClaimedCommand], visibility_timeout: float
+) -> int:
+    """Push back the leases still held by these claims; return how many were extended."""
+    return await conn.execute(
+        EXTEND_LEASES_IF_CLAIMED, _claim_params(domain, claims, visibility_timeout)
+    )
+
+
+async def release_if_claimed(
+    conn: Connection, domain: str, claims: Sequence[ClaimedCommand]
+) -> int:
+    """Make claimed commands visible again at once (clean stop); the attempt is not counted."""
+    return await conn.execute(RELEASE_IF_CLAIMED, _claim_params(domain, claims, 0.0))
+
+
+def _claim_params(
+    domain: str, claims: Sequence[ClaimedCommand], visibility_timeout: float
+) -> dict[str, Any]:
+    return {
+        "domain": domain,
+        "command_ids": [c.command_id for c in claims],
+        "lease_tokens": [c.lease_token for c in claims],
+        "visibility_timeout": visibility_timeout,
+    }
+
+
+async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> list[CommandChange]:
+    """Write many results in one statement; results whose lease was lost are skipped.
+
+    Writes each command's new state, its audit event and, for a terminal outcome with a
+    `reply_to`, exactly one reply (and a NOTIFY on `triobus_reply` with the queue name).
+    """
+    rows = await conn.fetch_all(
+        ACK_IF_CLAIMED,
+        {
+            "domain": [r.domain for r in results],
+            "command_id": [r.command_id for r in results],
+            "lease_token": [r.lease_token for r in results],
+            "status": [r.outcome.status for r in results],
+            "event": [r.outcome.event for r in results],
+            "retry_delay": [r.retry_delay for r in results],
+            "result": [r.result_json for r in results],
+            "error_type": [r.error_type for r in results],
+            "error_code": [r.error_code for r in results],
+            "error_message": [r.error_message for r in results],
+            "error_details": [
+                None if r.error_details is None else json.dumps(r.error_details) for r in results
+            ],
+        },
+    )
+    return [CommandChange.from_row(row) for row in rows]

@@ -1,0 +1,81 @@
+"""Versioned schema migrations.
+
+The schema is the sum of the numbered files in `migrations/` (`NNN_name.sql`), applied
+in order. Invariants: a migration is applied at most once (recorded in
+`triobus.schema_version`); concurrent `migrate` calls serialise on a transaction-level
+advisory lock; each pending migration runs in the same transaction as its version row,
+so a failure leaves the schema at the last good version.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+
+import attrs
+
+from triobus.persistence.driver import Connection, DriverKind, connect
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key: "triobus" as a number, fixed forever.
+_MIGRATION_LOCK_KEY = 0x7472696F627573
+_FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available_migrations() -> list[Migration]:
+    """The migrations shipped with this package, in version order."""
+    found = []
+    for entry in resources.files("triobus.persistence").joinpath("migrations").iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration versions must be 1..N without gaps, found {versions}")
+    return found
+
+
+async def migrate_connection(conn: Connection) -> list[int]:
+    """Apply pending migrations on `conn`; return the versions applied now."""
+    applied_now = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS triobus")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS triobus.schema_version ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        rows = await conn.fetch_all("SELECT version FROM triobus.schema_version")
+        done = {row["version"] for row in rows}
+        for migration in available_migrations():
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO triobus.schema_version (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            applied_now.append(migration.version)
+    if applied_now:
+        logger.info("applied migrations %s", applied_now)
+    return applied_now
+
+
+async def migrate(dsn: str, *, driver: DriverKind = DriverKind.NATIVE) -> list[int]:
+    """Bring the database at `dsn` to the newest schema; return the versions applied."""
+    conn = await connect(dsn, driver)
+    try:
+        return await migrate_connection(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,202 @@
+"""Argument checks that run before anything touches the database.
+
+Every check raises `ValidationError` with a message naming the domain and id concerned.
+Names (domains, command types, reply queues) are plain values, never SQL identifiers;
+they are still restricted to a safe alphabet so they print and log cleanly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from triobus.persistence.errors import ValidationError
+
+NAME_MAX_LENGTH = 100
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_ATTEMPTS_LIMIT = 1000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
+# json.dumps escapes NUL as \u0000; jsonb refuses it. An escaped backslash before it is not it.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_name(kind: str, value: object, *, context: str = "") -> str:
+    """A domain, command type or queue name: 1-100 of ``A-Z a-z 0-9 _ . : -``."""
+    where = f" ({context})" if context else ""
+    if not isinstance(value, str):
+        raise ValidationError(f"{kind} must be a str, got {type(value).__name__}{where}")
+    if not value.strip():
+        raise ValidationError(f"{kind} must not be empty or blank{where}")
+    if len(value) > NAME_MAX_LENGTH:
+        raise ValidationError(
+            f"{kind} is {len(value)} characters long, the limit is {NAME_MAX_LENGTH}{where}"
+        )
+    if not _NAME.fullmatch(value):
+        raise ValidationError(
+            f"{kind} {value!r} may only contain letters, digits and _ . : - "
+            f"and must start with a letter or digit{where}"
+        )
+    return value
+
+
+def check_uuid(kind: str, value: object, *, context: str = "") -> UUID:
+    """A UUID, or its canonical string form."""
+    where = f" ({context})" if context else ""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise ValidationError(f"{kind} must be a UUID, got {value!r:.80}{where}")
+
+
+def check_optional_uuid(kind: str, value: object, *, context: str = "") -> UUID | None:
+    return None if value is None else check_uuid(kind, value, context=context)
+
+
+def check_positive_int(kind: str, value: object, *, limit: int, context: str = "") -> int:
+    where = f" ({context})" if context else ""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{kind} must be an int, got {value!r:.80}{where}")
+    if not 1 <= value <= limit:
+        raise ValidationError(f"{kind} must be between 1 and {limit}, got {value}{where}")
+    return value
+
+
+def check_limit_offset(limit: object, offset: object) -> tuple[int, int]:
+    checked_limit = check_positive_int("limit", limit, limit=10_000)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValidationError(f"offset must be an int >= 0, got {offset!r:.80}")
+    return checked_limit, offset
+
+
+def encode_payload(kind: str, data: object, *, max_bytes: int, context: str) -> str:
+    """A JSON object, encoded; rejects non-JSON values, NaN/Infinity, NUL and oversize."""
+    if not isinstance(data, Mapping):
+        raise ValidationError(
+            f"{kind} must be a JSON object (a mapping), got {type(data).__name__} ({context})"
+        )
+    try:
+        text = json.dumps(dict(data), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        encoded = text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as ex:  # UnicodeEncodeError is a ValueError
+        raise ValidationError(f"{kind} is not JSON-serialisable: {ex} ({context})") from None
+    if _ESCAPED_NUL.search(text):
+        raise ValidationError(
+            f"{kind} contains a NUL character, which PostgreSQL cannot store ({context})"
+        )
+    if len(encoded) > max_bytes:
+        raise ValidationError(
+            f"{kind} is {len(encoded)} bytes as JSON, the limit is {max_bytes} ({context})"
+        )
+    return text
+
+
+@attrs.frozen
+class NewCommand:
+    """A validated command, ready to insert. `data_json` is the encoded payload."""
+
+    domain: str
+    command_type: str
+    command_id: UUID
+    data_json: str
+    correlation_id: UUID
+    reply_to: str | None
+    max_attempts: int | None
+    delay: float | None = None
+    not_before: datetime | None = None
+
+
+def check_schedule(
+    delay: object, not_before: object, *, context: str
+) -> tuple[float | None, datetime | None]:
+    """`delay` (seconds >= 0) or `not_before` (an aware datetime), not both."""
+    if delay is not None and not_before is not None:
+        raise ValidationError(f"give delay or not_before, not both ({context})")
+    if delay is not None and (
+        not isinstance(delay, int | float)
+        or isinstance(delay, bool)
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise ValidationError(f"delay must be a number of seconds >= 0, got {delay!r} ({context})")
+    if not_before is not None and (
+        not isinstance(not_before, datetime) or not_before.tzinfo is None
+    ):
+        raise ValidationError(
+            f"not_before must be a timezone-aware datetime, got {not_before!r:.80} ({context})"
+        )
+    return (None if delay is None else float(delay)), not_before
+
+
+def new_command(
+    domain: object,
+    command_type: object,
+    command_id: object,
+    data: object,
+    *,
+    correlation_id: object = None,
+    reply_to: object = None,
+    max_attempts: object = None,
+    delay: object = None,
+    not_before: object = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> NewCommand:
+    """Validate everything `send` takes; generate a correlation id when none is given."""
+    checked_domain = check_name("domain", domain)
+    checked_id = check_uuid("command_id", command_id, context=f"domain {checked_domain!r}")
+    context = f"domain {checked_domain!r}, command {checked_id}"
+    checked_delay, checked_not_before = check_schedule(delay, not_before, context=context)
+    return NewCommand(
+        domain=checked_domain,
+        command_type=check_name("command_type", command_type, context=context),
+        command_id=checked_id,
+        data_json=encode_payload("data", data, max_bytes=max_payload_bytes, context=context),
+        correlation_id=(
+            uuid.uuid4()
+            if correlation_id is None
+            else check_uuid("correlation_id", correlation_id, context=context)
+        ),
+        reply_to=None if reply_to is None else check_name("reply_to", reply_to, context=context),
+        max_attempts=(
+            None
+            if max_attempts is None
+            else check_positive_int(
+                "max_attempts", max_attempts, limit=MAX_ATTEMPTS_LIMIT, context=context
+            )
+        ),
+        delay=checked_delay,
+        not_before=checked_not_before,
+    )
+
+
+def check_text(kind: str, value: object, *, max_length: int, context: str) -> str:
+    """Free text (an operator name, a reason): non-blank, printable, at most `max_length`."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{kind} must be a str, got {type(value).__name__} ({context})")
+    if not value.strip():
+        raise ValidationError(f"{kind} must not be empty or blank ({context})")
+    if len(value) > max_length:
+        raise ValidationError(
+            f"{kind} is {len(value)} characters long, the limit is {max_length} ({context})"
+        )
+    if not value.isprintable():
+        raise ValidationError(f"{kind} must not contain control characters ({context})")
+    return value
+
+
+def check_async_callable(kind: str, value: object, *, context: str) -> None:
+    """An async function, or an object whose __call__ is one."""
+    call = inspect.getattr_static(value, "__call__", None)
+    if not (inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(call)):
+        raise ValidationError(f"{kind} must be an async callable, got {value!r:.80} ({context})")

@@ -1,0 +1,213 @@
+"""The real `triobus` executable, run as a subprocess against the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from triobus.actors import (
+    Command,
+    CommandStatus,
+    HandlerContext,
+    PermanentCommandError,
+    ReplyOutcome,
+    Runtime,
+)
+
+TRIOBUS = str(Path(sys.executable).with_name("triobus"))
+
+
+@attrs.frozen
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def cli(*args: str, dsn: str | None = None, env: dict[str, str] | None = None) -> Run:
+    """Run `triobus ARGS` to completion."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRIOBUS_DSN"}
+    if dsn is not None:
+        environment["TRIOBUS_DSN"] = dsn
+    environment.update(env or {})
+    result = await trio.run_process(
+        [TRIOBUS, *args], env=environment, capture_stdout=True, capture_stderr=True, check=False
+    )
+    return Run(result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+@pytest.fixture
+async def parked(triobus_runtime: Runtime, eventually: Callable[..., Any]) -> list[uuid.UUID]:
+    """Two commands of domain "d" parked in the TSQ, with replies to queue "q"."""
+
+    @triobus_runtime.registry.handler("d", "Broken")
+    async def broken(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("BROKEN", "needs an operator")
+
+    await triobus_runtime.start_worker("d", poll_interval=0.05)
+    ids = []
+    for _ in range(2):
+        sent = await triobus_runtime.bus.send("d", "Broken", uuid.uuid4(), {"n": 1}, reply_to="q")
+        ids.append(sent.command_id)
+
+    async def all_parked() -> bool:
+        return await triobus_runtime.tsq.count_troubleshooting("d") == 2
+
+    await eventually(all_parked)
+    return ids
+
+
+async def test_tsq_list_and_count_json_and_table(triobus_dsn: str, parked: list[uuid.UUID]) -> None:
+    listed = await cli("tsq", "list", "d", "--json", dsn=triobus_dsn)
+    assert listed.returncode == 0, listed.stderr
+    items = json.loads(listed.stdout)
+    assert {item["command_id"] for item in items} == {str(i) for i in parked}
+    assert items[0]["error_code"] == "BROKEN"
+
+    counted = await cli("--json", "tsq", "count", "d", dsn=triobus_dsn)
+    assert json.loads(counted.stdout) == {"domain": "d", "count": 2}
+
+    table = await cli("tsq", "list", "d", "--dsn", triobus_dsn)
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["COMMAND_ID", "COMMAND_TYPE", "ERROR_CODE"]
+    assert len(rows) == 2
+    assert {row.split()[0] for row in rows} == {str(i) for i in parked}
+
+
+async def test_tsq_actions(
+    triobus_runtime: Runtime, triobus_dsn: str, parked: list[uuid.UUID]
+) -> None:
+    first, second = parked
+    canceled = await cli(
+        "tsq",
+        "cancel",
+        "d",
+        str(first),
+        "--reason",
+        "not needed",
+        "--operator",
+        "alice",
+        dsn=triobus_dsn,
+    )
+    assert canceled.returncode == 0, canceled.stderr
+    completed = await cli(
+        "tsq", "complete", "d", str(second), "--result", '{"by": "hand"}', "--json", dsn=triobus_dsn
+    )
+    assert json.loads(completed.stdout) == {"command_id": str(second), "action": "completed"}
+
+    commands = [await triobus_runtime.bus.get_command("d", i) for i in parked]
+    statuses = [c.status if c else None for c in commands]
+    assert statuses == [CommandStatus.CANCELED, CommandStatus.COMPLETED]
+    replies = json.loads((await cli("replies", "read", "q", "--json", dsn=triobus_dsn)).stdout)
+    assert {(r["command_id"], r["outcome"]) for r in replies} == {
+        (str(first), ReplyOutcome.CANCELED),
+        (str(second), ReplyOutcome.SUCCESS),
+    }
+
+
+async def test_tsq_bulk_actions(triobus_dsn: str, parked: list[uuid.UUID]) -> None:
+    result = await cli("tsq", "cancel-all", "d", "--reason", "cleanup", "--json", dsn=triobus_dsn)
+    assert json.loads(result.stdout) == {"domain": "d", "canceled": 2}
+
+
+async def test_command_show_includes_the_audit_trail(
+    triobus_dsn: str, parked: list[uuid.UUID]
+) -> None:
+    shown = await cli("command", "show", "d", str(parked[0]), "--json", dsn=triobus_dsn)
+    document = json.loads(shown.stdout)
+    assert document["command"]["status"] == "IN_TROUBLESHOOTING_QUEUE"
+    assert [e["event_type"] for e in document["audit"]] == ["SENT", "RECEIVED", "MOVED_TO_TSQ"]
+    human = await cli("command", "show", "d", str(parked[0]), dsn=triobus_dsn)
+    assert "MOVED_TO_TSQ" in human.stdout and "status" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("tsq", "retry", "d", str(uuid.UUID(int=1))), 1, "not found in domain 'd'"),
+        (("tsq", "retry", "d", "not-a-uuid"), 1, "must be a UUID"),
+        (("tsq", "complete", "d", str(uuid.UUID(int=1)), "--result", "{oops"), 2, "not valid JSON"),
+        (("command", "show", "d", str(uuid.UUID(int=1))), 1, "not found"),
+        (("worker", "--app", "nowhere.module:registry", "--domain", "d"), 2, "cannot load"),
+    ],
+)
+async def test_expected_errors_are_one_line_with_a_status(
+    triobus_dsn: str, args: tuple[str, ...], status: int, message: str
+) -> None:
+    result = await cli(*args, dsn=triobus_dsn)
+    assert result.returncode == status
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # no traceback
+    assert "Traceback" not in result.stderr
+
+
+async def test_without_a_database_it_says_so() -> None:
+    result = await cli("tsq", "list", "d")
+    assert result.returncode == 2
+    assert "pass --dsn or set TRIOBUS_DSN" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("tsq",), ("tsq", "cancel"), ("command", "show"), ("replies", "read"), ("worker",)]
+)
+async def test_help_on_every_level(args: tuple[str, ...]) -> None:
+    result = await cli(*args, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: triobus")
+
+
+async def test_migrate(triobus_dsn: str) -> None:
+    result = await cli("migrate", "--json", dsn=triobus_dsn)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"applied": []}  # the test database is migrated
+
+
+async def test_worker_runs_until_sigterm(
+    triobus_runtime: Runtime, triobus_dsn: str, tmp_path: Path, eventually: Callable[..., Any]
+) -> None:
+    (tmp_path / "cli_app.py").write_text(
+        "from triobus.actors import HandlerRegistry\n"
+        "registry = HandlerRegistry()\n"
+        "@registry.handler('d', 'Hello')\n"
+        "async def hello(command, ctx):\n"
+        "    return {'hello': command.data['name']}\n"
+    )
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TRIOBUS_DSN": triobus_dsn, "PYTHONPATH": python_path}
+    process = await trio.lowlevel.open_process(
+        [TRIOBUS, "worker", "--app", "cli_app:registry", "--domain", "d", "--concurrency", "2"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        banner = b""
+        with trio.fail_after(30):
+            while b"running" not in banner:
+                chunk = await process.stderr.receive_some()
+                assert chunk, banner
+                banner += chunk
+        sent = await triobus_runtime.bus.send("d", "Hello", uuid.uuid4(), {"name": "cli"})
+
+        async def completed() -> bool:
+            command = await triobus_runtime.bus.get_command("d", sent.command_id)
+            return command is not None and command.result == {"hello": "cli"}
+
+        await eventually(completed)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()

@@ -1,0 +1,226 @@
+"""Driver contract suite: every test runs against both drivers (native Trio and threads)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from triobus.persistence.driver import (
+    ConnectionPool,
+    DriverKind,
+    connect,
+    open_pool,
+)
+from triobus.persistence.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    UniqueViolationError,
+)
+
+
+@pytest.fixture(params=list(DriverKind), ids=str)
+def driver(request: pytest.FixtureRequest) -> DriverKind:
+    return DriverKind(request.param)
+
+
+@pytest.fixture
+async def pool(triobus_dsn: str, driver: DriverKind) -> AsyncIterator[ConnectionPool]:
+    async with open_pool(triobus_dsn, driver=driver, max_size=4) as pool:
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
+        yield pool
+
+
+async def count_rows(pool: ConnectionPool) -> int:
+    async with pool.connection() as conn:
+        row = await conn.fetch_one("SELECT count(*) AS n FROM t")
+    assert row is not None
+    return int(row["n"])
+
+
+async def running_sleeps(pool: ConnectionPool) -> int:
+    async with pool.connection() as conn:
+        row = await conn.fetch_one(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(%%'"
+        )
+    assert row is not None
+    return int(row["n"])
+
+
+async def test_queries_return_dict_rows_and_rowcounts(pool: ConnectionPool) -> None:
+    async with pool.connection() as conn:
+        assert await conn.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')") == 2
+        rows = await conn.fetch_all("SELECT id, note FROM t ORDER BY id")
+        assert rows == [{"id": 1, "note": "a"}, {"id": 2, "note": "b"}]
+        assert await conn.fetch_one("SELECT note FROM t WHERE id = %s", (2,)) == {"note": "b"}
+        assert await conn.fetch_one("SELECT note FROM t WHERE id = %s", (3,)) is None
+        await conn.execute_many("INSERT INTO t VALUES (%s, %s)", [(3, "c"), (4, "d")])
+    assert await count_rows(pool) == 4
+
+
+async def test_transaction_commits_on_success_and_rolls_back_on_error(
+    pool: ConnectionPool,
+) -> None:
+    async with pool.transaction() as conn:
+        await conn.execute("INSERT INTO t VALUES (1, 'kept')")
+
+    async def insert_then_fail() -> None:
+        async with pool.transaction() as conn:
+            await conn.execute("INSERT INTO t VALUES (2, 'rolled back')")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await insert_then_fail()
+    assert await count_rows(pool) == 1
+
+
+async def test_cancel_mid_query_in_transaction_rolls_back_and_pool_stays_healthy(
+    pool: ConnectionPool,
+) -> None:
+    with trio.move_on_after(0.3) as scope:
+        async with pool.transaction() as conn:
+            await conn.execute("INSERT INTO t VALUES (1, 'never committed')")
+            await conn.execute("SELECT pg_sleep(30)")
+    assert scope.cancelled_caught
+    assert await running_sleeps(pool) == 0  # cancelled server-side, not left running
+    assert await count_rows(pool) == 0
+    stats = pool.statistics()
+    assert stats.open <= stats.max_size
+    async with pool.connection() as conn:
+        assert await conn.fetch_one("SELECT 42 AS answer") == {"answer": 42}
+
+
+async def test_mass_cancellation_leaves_every_connection_reusable(pool: ConnectionPool) -> None:
+    async def sleeper() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_sleep(30)")
+
+    with trio.move_on_after(0.5):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(sleeper)
+    assert await running_sleeps(pool) == 0
+    for _ in range(pool.max_size):
+        async with pool.connection() as conn:
+            assert await conn.fetch_one("SELECT 1 AS one") == {"one": 1}
+
+
+async def test_listen_notify(pool: ConnectionPool) -> None:
+    async with pool.connection() as listener:
+        await listener.execute("LISTEN triobus_test")
+        assert await listener.wait_notifications(0.05) == []
+        async with pool.connection() as sender:
+            await sender.execute(
+                "SELECT pg_notify('triobus_test', 'one'), pg_notify('triobus_test', 'two')"
+            )
+        got = await listener.wait_notifications(5.0)
+        assert [(n.channel, n.payload) for n in got] == [
+            ("triobus_test", "one"),
+            ("triobus_test", "two"),
+        ]
+        await listener.execute("UNLISTEN *")
+
+
+async def test_copy_rows(pool: ConnectionPool) -> None:
+    async with pool.connection() as conn:
+        await conn.copy_rows("COPY t (id, note) FROM STDIN", ((i, f"n{i}") for i in range(5000)))
+    assert await count_rows(pool) == 5000
+
+
+async def test_unique_violation_is_translated(pool: ConnectionPool) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO t VALUES (1, 'a')")
+        with pytest.raises(UniqueViolationError) as info:
+            await conn.execute("INSERT INTO t VALUES (1, 'b')")
+    assert info.value.constraint == "t_pkey"
+
+
+async def test_syntax_error_is_a_database_error_and_connection_survives(
+    pool: ConnectionPool,
+) -> None:
+    async with pool.connection() as conn:
+        with pytest.raises(DatabaseError) as info:
+            await conn.execute("SELEC 1")
+        assert info.value.sqlstate == "42601"
+        assert await conn.fetch_one("SELECT 1 AS one") == {"one": 1}
+
+
+async def test_connection_loss_is_reported_and_the_pool_replaces_the_connection(
+    pool: ConnectionPool, triobus_dsn: str, driver: DriverKind
+) -> None:
+    async with pool.connection() as victim:
+        pid = victim.backend_pid
+    killer = await connect(triobus_dsn, driver)
+    try:
+        await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        await killer.close()
+    async with pool.connection() as conn:
+        assert conn.backend_pid == pid  # the idle stack hands back the same connection
+        with pytest.raises(DatabaseUnavailableError):
+            await conn.execute("SELECT 1")
+    async with pool.connection() as conn:
+        assert conn.backend_pid != pid
+        assert await conn.fetch_one("SELECT 1 AS one") == {"one": 1}
+
+
+async def test_health_check_discards_dead_idle_connections(
+    triobus_dsn: str, driver: DriverKind
+) -> None:
+    async with open_pool(triobus_dsn, driver=driver, check_after=0.0) as pool:
+        async with pool.connection() as conn:
+            pid = conn.backend_pid
+        killer = await connect(triobus_dsn, driver)
+        await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        await killer.close()
+        async with pool.connection() as conn:
+            assert conn.backend_pid != pid
+            assert await conn.fetch_one("SELECT 1 AS one") == {"one": 1}
+        assert pool.statistics().discarded == 1
+
+
+async def test_pool_is_bounded(triobus_dsn: str, driver: DriverKind) -> None:
+    async with open_pool(triobus_dsn, driver=driver, max_size=2) as pool:
+        holding = 0
+        all_in = trio.Event()
+        release = trio.Event()
+        peak = 0
+
+        async def hold() -> None:
+            nonlocal holding, peak
+            async with pool.connection():
+                holding += 1
+                peak = max(peak, pool.statistics().open)
+                if holding == 2:
+                    all_in.set()
+                await release.wait()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(hold)
+            await all_in.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert holding == 2  # the other three wait for a free slot
+            release.set()
+        assert holding == 5
+        assert peak == 2
+
+
+async def test_connect_gives_up_after_backoff(driver: DriverKind, tmp_path: object) -> None:
+    missing = f"postgresql://postgres@/postgres?host={tmp_path}&connect_timeout=2"
+    async with open_pool(missing, driver=driver, connect_timeout=0.3) as pool:
+        with pytest.raises(DatabaseUnavailableError, match="attempts"):
+            async with pool.connection():
+                pass
+        assert pool.statistics().open == 0
+
+
+async def test_closed_pool_refuses(triobus_dsn: str, driver: DriverKind) -> None:
+    pool = ConnectionPool(triobus_dsn, driver=driver)
+    await pool.aclose()
+    with pytest.raises(DatabaseUnavailableError, match="closed"):
+        async with pool.connection():
+            pass

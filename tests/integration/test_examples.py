@@ -1,0 +1,37 @@
+"""The examples are runnable documentation: run each as a user would, on the test database."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+async def run_example(name: str, dsn: str) -> str:
+    result = await trio.run_process(
+        [sys.executable, str(EXAMPLES / name)],
+        env={**os.environ, "TRIOBUS_DSN": dsn},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_quickstart_prints_the_audit_trail(triobus_dsn: str) -> None:
+    out = await run_example("quickstart.py", triobus_dsn)
+    assert "idempotent send: command" in out
+    assert out.count("SENT") == 2
+
+
+async def test_worker_example_runs_every_outcome(triobus_dsn: str) -> None:
+    out = await run_example("worker.py", triobus_dsn)
+    assert "PlaceOrder  COMPLETED" in out
+    assert "PlaceOrder  FAILED" in out
+    assert "ChargeCard  COMPLETED attempts=3" in out
+    assert "reply FAILED" in out

@@ -1,0 +1,55 @@
+"""Migrations: ordered, recorded, idempotent, safe when run concurrently."""
+
+from __future__ import annotations
+
+import uuid
+
+import trio
+
+from triobus.actors.pytest_plugin import SessionServer
+from triobus.persistence.databases import create_database, drop_database
+from triobus.persistence.driver import connect
+from triobus.persistence.schema import available_migrations, migrate
+
+
+async def test_migrations_are_numbered_from_one_without_gaps() -> None:
+    versions = [m.version for m in available_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_concurrent_migrations_apply_each_version_once(
+    triobus_server: SessionServer,
+) -> None:
+    name = f"triobus_mig_{uuid.uuid4().hex[:8]}"
+    dsn = await create_database(triobus_server.admin_dsn, name)
+    try:
+        applied: list[list[int]] = []
+
+        async def run() -> None:
+            applied.append(await migrate(dsn))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(run)
+        expected = [m.version for m in available_migrations()]
+        assert sorted(applied) == [[], [], expected]
+        assert await migrate(dsn) == []  # idempotent
+        conn = await connect(dsn)
+        try:
+            rows = await conn.fetch_all("SELECT version FROM triobus.schema_version ORDER BY 1")
+            tables = await conn.fetch_all(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = 'triobus' ORDER BY 1"
+            )
+        finally:
+            await conn.close()
+        assert [r["version"] for r in rows] == expected
+        assert [t["table_name"] for t in tables] == [
+            "audit",
+            "batch",
+            "command",
+            "reply",
+            "schema_version",
+        ]
+    finally:
+        await drop_database(triobus_server.admin_dsn, name)

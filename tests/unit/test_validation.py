@@ -1,0 +1,66 @@
+"""Argument checks: pure functions, no database."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from triobus.persistence.errors import ValidationError
+from triobus.persistence.validation import check_name, encode_payload, new_command
+
+
+def test_error_messages_name_domain_and_id() -> None:
+    command_id = uuid.uuid4()
+    with pytest.raises(ValidationError) as info:
+        new_command("payments", "Debit", command_id, {"x": float("inf")})
+    assert "domain 'payments'" in str(info.value) and str(command_id) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "a b", "-lead", "x" * 101, "nul\x00", "é", 7, None])
+def test_bad_names_are_rejected(value: object) -> None:
+    with pytest.raises(ValidationError):
+        check_name("domain", value)
+
+
+@pytest.mark.parametrize("value", ["payments", "billing.v2", "a:b-c_d", "X" * 100])
+def test_good_names_pass(value: str) -> None:
+    assert check_name("domain", value) == value
+
+
+def test_payload_rejects_nul_and_deep_nesting_and_accepts_unicode() -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        encode_payload("data", {"s": "a\x00b"}, max_bytes=1000, context="c")
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(100_000):
+        node["n"] = {}
+        node = node["n"]  # type: ignore[assignment]
+    with pytest.raises(ValidationError, match="not JSON-serialisable"):
+        encode_payload("data", deep, max_bytes=10**9, context="c")
+    assert encode_payload("data", {"name": "Zoë ☃"}, max_bytes=100, context="c")
+
+
+def test_payload_limit_counts_utf8_bytes() -> None:
+    encode_payload("data", {"s": "é" * 10}, max_bytes=30, context="c")  # 28 bytes as JSON
+    with pytest.raises(ValidationError, match="limit is 20"):
+        encode_payload("data", {"s": "é" * 10}, max_bytes=20, context="c")
+
+
+def test_max_attempts_must_be_a_positive_int() -> None:
+    for bad in (0, -1, True, 2.5, "3", 1001):
+        with pytest.raises(ValidationError, match="max_attempts"):
+            new_command("d", "t", uuid.uuid4(), {}, max_attempts=bad)
+    assert new_command("d", "t", uuid.uuid4(), {}, max_attempts=3).max_attempts == 3
+
+
+def test_payload_nul_check_is_not_fooled_by_an_escaped_backslash() -> None:
+    text = encode_payload("data", {"s": "\\u0000"}, max_bytes=100, context="c")
+    assert text == '{"s":"\\\\u0000"}'
+    with pytest.raises(ValidationError, match="NUL"):
+        encode_payload("data", {"s": "\\\x00"}, max_bytes=100, context="c")
+
+
+def test_payload_rejects_lone_surrogates() -> None:
+    with pytest.raises(ValidationError, match="not JSON-serialisable"):
+        encode_payload("data", {"s": "\ud800"}, max_bytes=100, context="c")
