@@ -32,6 +32,19 @@ BatchCallback = Callable[[BatchMetadata], Awaitable[object]]
 INBOX_SIZE = 256
 
 
+@attrs.frozen(kw_only=True)
+class BatchWatchStatistics:
+    """What a batch actor holds: the counts it knows (None before its first read), how many
+    messages it handled and how many times it read the batch."""
+
+    domain: str
+    batch_id: UUID
+    counts: BatchMetadata | None
+    messages: int
+    reads: int
+    has_callback: bool
+
+
 class BatchActor:
     """One watched batch (see the module docstring). `on_complete` may change until it fires."""
 
@@ -52,9 +65,21 @@ class BatchActor:
         self.counts: BatchMetadata | None = None
         self.final: BatchMetadata | None = None
         self.done = trio.Event()
+        self.messages = 0
+        self.reads = 0
         self._pool = pool
         self._notifier = notifier
         self._inbox_send, self._inbox = trio.open_memory_channel[BatchMessage](INBOX_SIZE)
+
+    def statistics(self) -> BatchWatchStatistics:
+        return BatchWatchStatistics(
+            domain=self.domain,
+            batch_id=self.batch_id,
+            counts=self.counts,
+            messages=self.messages,
+            reads=self.reads,
+            has_callback=self.on_complete is not None,
+        )
 
     def deliver(self, message: BatchMessage) -> None:
         """Post a message without waiting. If the inbox is full the message is dropped:
@@ -86,6 +111,7 @@ class BatchActor:
         self.counts = await self._read()
         while not self.counts.is_final:
             message = await self._inbox.receive()
+            self.messages += 1
             if isinstance(message, CommandsFinished):
                 self.counts = attrs.evolve(
                     self.counts,
@@ -111,6 +137,7 @@ class BatchActor:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            self.reads += 1
             if batch is None:  # watch_batch checks existence; a deleted batch never completes
                 raise LookupError(f"batch {self.batch_id} not found in domain {self.domain!r}")
             return batch

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import trio
 
-from triobus.actors.batch_actor import BatchActor, BatchCallback
+from triobus.actors.batch_actor import BatchActor, BatchCallback, BatchWatchStatistics
 from triobus.actors.messages import BatchFinished, CommandsFinished
 from triobus.actors.notifier import Notifier
 from triobus.persistence.batches import BatchMetadata, select_final_batches
@@ -77,6 +77,9 @@ class BatchSupervisor:
         elif on_complete is not None:
             actor.on_complete = on_complete
         return actor
+
+    def statistics(self) -> tuple[BatchWatchStatistics, ...]:
+        return tuple(actor.statistics() for actor in self._actors.values())
 
     def unwatch(self, domain: str, batch_id: UUID) -> None:
         """Forget the batch's callback; `wait_batch` calls still waiting keep waiting."""

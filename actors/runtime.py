@@ -24,7 +24,7 @@ import attrs
 import trio
 import trio_asyncio
 
-from triobus.actors.batch_actor import BatchCallback
+from triobus.actors.batch_actor import BatchCallback, BatchWatchStatistics
 from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.bus import CommandBus
 from triobus.actors.handlers import HandlerRegistry
@@ -52,9 +52,10 @@ DRIVER_ENV = "TRIOBUS_DRIVER"
 
 @attrs.frozen
 class RuntimeStatistics:
-    """A snapshot: one record per running worker, and the pool's."""
+    """A snapshot: one record per running worker and per watched batch, and the pool's."""
 
     workers: tuple[WorkerStatistics, ...]
+    batches: tuple[BatchWatchStatistics, ...]
     pool: PoolStatistics
     notifier_reconnects: int
 
@@ -193,6 +194,7 @@ class Runtime:
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
             workers=tuple(w.statistics() for w in self._workers),
+            batches=self._batches.statistics(),
             pool=self.pool.statistics(),
             notifier_reconnects=self._notifier.reconnects,
         )
