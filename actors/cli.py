@@ -1,6 +1,7 @@
 """The `triobus` operator command line.
 
-    triobus [--dsn DSN] [--json] migrate | worker | tsq ... | command show | replies read
+    triobus [--dsn DSN] [--json] migrate | worker | tsq ... | batch ... | command show |
+                                 replies read
 
 Every command needs a database: `--dsn`, else `$TRIOBUS_DSN` (the embedded cluster is for
 the demo and tests, not for operators). Output is a table for people, or JSON with
@@ -24,7 +25,8 @@ import trio
 
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
-from triobus.persistence.errors import TriobusError
+from triobus.persistence.batches import BatchMetadata
+from triobus.persistence.errors import BatchNotFoundError, TriobusError
 from triobus.persistence.schema import migrate
 
 EXIT_ERROR = 1
@@ -153,6 +155,88 @@ async def command_show(args: argparse.Namespace, runtime: Runtime) -> None:
     _emit(args, trail, ("audit_id", "occurred_at", "event_type", "details"))
 
 
+BATCH_COLUMNS = (
+    "batch_id",
+    "name",
+    "status",
+    "total_count",
+    "completed_count",
+    "failed_count",
+    "canceled_count",
+    "in_troubleshooting_count",
+    "created_at",
+)
+
+
+async def batch_list(args: argparse.Namespace, runtime: Runtime) -> None:
+    found = await runtime.bus.list_batches(
+        args.domain, status=args.status, limit=args.limit, offset=args.offset
+    )
+    _emit(args, found, BATCH_COLUMNS)
+
+
+async def _existing_batch(args: argparse.Namespace, runtime: Runtime) -> BatchMetadata:
+    batch = await runtime.bus.get_batch(args.domain, args.batch_id)
+    if batch is None:
+        raise BatchNotFoundError(args.domain, args.batch_id)
+    return batch
+
+
+async def batch_show(args: argparse.Namespace, runtime: Runtime) -> None:
+    batch = await _existing_batch(args, runtime)
+    trail = await runtime.bus.get_audit_trail(batch.batch_id, domain=args.domain)
+    if args.json:
+        _emit(args, {"batch": batch, "audit": trail})
+        return
+    _emit(args, batch)
+    print()
+    _emit(args, trail, ("audit_id", "occurred_at", "event_type", "details"))
+
+
+def progress_line(batch: BatchMetadata, rate: float, width: int = 30) -> str:
+    """One line of `batch watch`: bar, done/total, failures, TSQ, rate and ETA."""
+    done = batch.completed_count + batch.failed_count + batch.canceled_count
+    filled = width * done // batch.total_count
+    remaining = batch.total_count - done
+    eta = f"{remaining / rate:.0f}s" if rate > 0 and remaining else "-"
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{batch.total_count} "
+        f"{100 * done // batch.total_count}%  failed {batch.failed_count}  "
+        f"canceled {batch.canceled_count}  in TSQ {batch.in_troubleshooting_count}  "
+        f"{rate:.1f}/s  ETA {eta}  {batch.status}"
+    )
+
+
+async def batch_watch(args: argparse.Namespace, runtime: Runtime) -> None:
+    """Show progress until the batch completes (a line per update when not on a terminal)."""
+    if not args.interval > 0:
+        raise UsageError(f"--interval must be a number of seconds > 0, got {args.interval}")
+    batch = await _existing_batch(args, runtime)
+    started, first_done = trio.current_time(), _done(batch)
+    live = sys.stdout.isatty() and not args.json
+    while True:
+        elapsed = trio.current_time() - started
+        rate = (_done(batch) - first_done) / elapsed if elapsed > 0 else 0.0
+        if not args.json:
+            print(
+                ("\r" if live else "") + progress_line(batch, rate),
+                end="" if live else "\n",
+                flush=True,
+            )
+        if batch.is_final:
+            break
+        await trio.sleep(args.interval)
+        batch = await _existing_batch(args, runtime)
+    if live:
+        print()
+    if args.json:
+        _emit(args, batch)
+
+
+def _done(batch: BatchMetadata) -> int:
+    return batch.completed_count + batch.failed_count + batch.canceled_count
+
+
 async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
     replies = await runtime.bus.read_replies(args.queue, limit=args.limit)
     _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
@@ -274,6 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     show = leaf(command, "show", "a command and its audit trail", command_show)
     show.add_argument("domain")
     show.add_argument("command_id")
+
+    batch = commands.add_parser("batch", help="batches").add_subparsers(
+        dest="batch_command", required=True, metavar="ACTION"
+    )
+    listing = leaf(batch, "list", "batches of a domain, newest first", batch_list)
+    listing.add_argument("domain")
+    listing.add_argument("--status", help="only batches in this status")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+    for name, help_text, action in (
+        ("show", "a batch, its counts and its audit events", batch_show),
+        ("watch", "a live progress bar until the batch completes", batch_watch),
+    ):
+        sub = leaf(batch, name, help_text, action)
+        sub.add_argument("domain")
+        sub.add_argument("batch_id")
+        if name == "watch":
+            sub.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
 
     replies = commands.add_parser("replies", help="reply queues").add_subparsers(
         dest="replies_command", required=True, metavar="ACTION"

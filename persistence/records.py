@@ -190,7 +190,7 @@ class CommandChange:
         )
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class BatchCommand:
     """One command of a batch, as given to `create_batch` (validated like `send`'s)."""
 

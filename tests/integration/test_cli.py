@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from triobus.actors import (
+    BatchCommand,
     Command,
     CommandStatus,
     HandlerContext,
@@ -159,12 +160,46 @@ async def test_without_a_database_it_says_so() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [(), ("tsq",), ("tsq", "cancel"), ("command", "show"), ("replies", "read"), ("worker",)]
+    "args",
+    [
+        (),
+        ("tsq",),
+        ("tsq", "cancel"),
+        ("batch", "watch"),
+        ("command", "show"),
+        ("replies", "read"),
+        ("worker",),
+    ],
 )
 async def test_help_on_every_level(args: tuple[str, ...]) -> None:
     result = await cli(*args, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: triobus")
+
+
+async def test_batch_list_show_and_watch(triobus_runtime: Runtime, triobus_dsn: str) -> None:
+    @triobus_runtime.registry.handler("d", "Work")
+    async def work(command: Command, ctx: HandlerContext) -> None:
+        return None
+
+    batch = [BatchCommand(command_type="Work", command_id=uuid.uuid4(), data={}) for _ in range(3)]
+    batch_id = await triobus_runtime.bus.create_batch("d", batch, name="nightly")
+    listed = json.loads((await cli("batch", "list", "d", "--json", dsn=triobus_dsn)).stdout)
+    assert [(b["batch_id"], b["name"], b["total_count"]) for b in listed] == [
+        (str(batch_id), "nightly", 3)
+    ]
+    await triobus_runtime.start_worker("d")
+    watched = await cli("batch", "watch", "d", str(batch_id), "--interval", "0.1", dsn=triobus_dsn)
+    assert watched.returncode == 0, watched.stderr
+    last = watched.stdout.strip().splitlines()[-1]
+    assert "3/3 100%" in last and "COMPLETED" in last
+    shown = json.loads(
+        (await cli("batch", "show", "d", str(batch_id), "--json", dsn=triobus_dsn)).stdout
+    )
+    assert shown["batch"]["status"] == "COMPLETED"
+    assert [e["event_type"] for e in shown["audit"]] == ["BATCH_STARTED", "BATCH_COMPLETED"]
+    missing = await cli("batch", "show", "d", str(uuid.UUID(int=7)), dsn=triobus_dsn)
+    assert missing.returncode == 1 and "not found in domain 'd'" in missing.stderr
 
 
 async def test_migrate(triobus_dsn: str) -> None:

@@ -29,6 +29,15 @@ async def test_quickstart_prints_the_audit_trail(triobus_dsn: str) -> None:
     assert out.count("SENT") == 2
 
 
+async def test_batch_callback_example_fires_only_after_the_operator_acts(triobus_dsn: str) -> None:
+    out = await run_example("batch_callback.py", triobus_dsn)
+    waiting, canceled, fired = out.splitlines()[:3]
+    assert "batch IN_PROGRESS" in waiting and "callback fired: False" in waiting
+    assert canceled.startswith("operator cancels")
+    assert "COMPLETED_WITH_FAILURES: completed=4 failed=0 canceled=1 of 5" in fired
+    assert out.count("BATCH_COMPLETED") == 1
+
+
 async def test_worker_example_runs_every_outcome(triobus_dsn: str) -> None:
     out = await run_example("worker.py", triobus_dsn)
     assert "PlaceOrder  COMPLETED" in out
