@@ -147,10 +147,15 @@ async def command_show(args: argparse.Namespace, runtime: Runtime) -> None:
     if command is None:
         raise TriobusError(f"command {args.command_id} not found in domain {args.domain!r}")
     trail = await runtime.bus.get_audit_trail(args.command_id, domain=args.domain)
+    _emit_with_trail(args, "command", command, trail)
+
+
+def _emit_with_trail(args: argparse.Namespace, kind: str, record: Any, trail: Any) -> None:
+    """A record, then its audit events (one JSON document with --json)."""
     if args.json:
-        _emit(args, {"command": command, "audit": trail})
+        _emit(args, {kind: record, "audit": trail})
         return
-    _emit(args, command)
+    _emit(args, record)
     print()
     _emit(args, trail, ("audit_id", "occurred_at", "event_type", "details"))
 
@@ -185,12 +190,7 @@ async def _existing_batch(args: argparse.Namespace, runtime: Runtime) -> BatchMe
 async def batch_show(args: argparse.Namespace, runtime: Runtime) -> None:
     batch = await _existing_batch(args, runtime)
     trail = await runtime.bus.get_audit_trail(batch.batch_id, domain=args.domain)
-    if args.json:
-        _emit(args, {"batch": batch, "audit": trail})
-        return
-    _emit(args, batch)
-    print()
-    _emit(args, trail, ("audit_id", "occurred_at", "event_type", "details"))
+    _emit_with_trail(args, "batch", batch, trail)
 
 
 def progress_line(batch: BatchMetadata, rate: float, width: int = 30) -> str:

@@ -8,15 +8,14 @@ other exception counts as transient.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
 
-from triobus.persistence.errors import HandlerAlreadyRegisteredError, ValidationError
-from triobus.persistence.validation import check_name
+from triobus.persistence.errors import HandlerAlreadyRegisteredError
+from triobus.persistence.validation import check_async_callable, check_name
 
 
 @attrs.frozen(kw_only=True)
@@ -75,10 +74,7 @@ class HandlerRegistry:
         self, domain: str, command_type: str, fn: HandlerFn, *, asyncio: bool = False
     ) -> None:
         key = (check_name("domain", domain), check_name("command_type", command_type))
-        if not inspect.iscoroutinefunction(fn):
-            raise ValidationError(
-                f"handler for {key[0]!r}/{key[1]!r} must be an async function, got {fn!r}"
-            )
+        check_async_callable("handler", fn, context=f"{key[0]!r}/{key[1]!r}")
         if key in self._handlers:
             raise HandlerAlreadyRegisteredError(*key)
         self._handlers[key] = Handler(fn, asyncio)
@@ -103,10 +99,3 @@ class HandlerRegistry:
 
     def get(self, domain: str, command_type: str) -> Handler | None:
         return self._handlers.get((domain, command_type))
-
-    def domains(self) -> set[str]:
-        return {domain for domain, _ in self._handlers}
-
-    @property
-    def needs_asyncio(self) -> bool:
-        return any(h.runs_on_asyncio for h in self._handlers.values())

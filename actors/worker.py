@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from typing import Any
+from uuid import UUID
 
 import attrs
 import trio
@@ -228,7 +229,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self._on_acked = on_acked
-        self._in_flight: dict[Any, ClaimedCommand] = {}
+        self._in_flight: dict[UUID, ClaimedCommand] = {}
         self._counters = _Counters()
         self._claim_scope = trio.CancelScope()
         self._handler_scope = trio.CancelScope()

@@ -24,8 +24,6 @@ from triobus.persistence.driver import Connection, Row
 from triobus.persistence.errors import DuplicateBatchError
 from triobus.persistence.validation import NewCommand
 
-FINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_FAILURES")
-
 
 def batch_changes_sql(deltas: str) -> str:
     """CTEs applying the per-command count changes listed by CTE `deltas`.

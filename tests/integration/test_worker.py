@@ -513,7 +513,7 @@ def test_registry_rejects_duplicates_and_sync_functions() -> None:
     registry.register("d", "T", fn)
     with pytest.raises(HandlerAlreadyRegisteredError, match="'d'/'T'"):
         registry.register("d", "T", fn)
-    with pytest.raises(ValidationError, match="async function"):
+    with pytest.raises(ValidationError, match="async callable"):
         registry.register("d", "U", lambda c, x: None)  # type: ignore[arg-type, return-value]
 
 
