@@ -1,10 +1,12 @@
 """SQL for the command table as a queue: claim, extend leases, acknowledge, release.
 
 A claim takes a lease: `visible_at = now() + visibility_timeout` and a fresh
-`lease_token`. Every later write by the claimer is guarded by that token and by
-`status = 'IN_PROGRESS'` (the `..._if_claimed` statements), so a result that arrives after
-its lease expired and the command was claimed again, or after an operator acted, changes
-nothing. Each statement writes its audit rows (and replies) itself: one round trip.
+`lease_token`. A command has a lease token exactly while it is IN_PROGRESS (a CHECK
+constraint says so), and every later write by the claimer is guarded by that token (the
+`..._if_claimed` statements), so a result that arrives after its lease expired and the
+command was claimed again, or after an operator acted, changes nothing. The guards name
+no status on purpose: that keeps the planner on the primary key instead of the partial
+claim index. Each statement writes its audit rows (and replies) itself: one round trip.
 """
 
 from __future__ import annotations
@@ -69,19 +71,27 @@ WITH candidates AS (
 SELECT * FROM claimed ORDER BY visible_at, command_id
 """
 
-EXTEND_LEASES_IF_CLAIMED = """
-UPDATE triobus.command
+# Heartbeats and releases skip rows another statement holds (the acker writing their
+# result, or a claimer that took an expired lease): they never wait, so never deadlock.
+_STILL_CLAIMED = """
+WITH mine AS (
+    SELECT domain, command_id FROM triobus.command
+    WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
+      AND lease_token = ANY(%(lease_tokens)s)
+    FOR UPDATE SKIP LOCKED
+)"""
+
+EXTEND_LEASES_IF_CLAIMED = f"""{_STILL_CLAIMED}
+UPDATE triobus.command c
 SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
-WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
-  AND lease_token = ANY(%(lease_tokens)s) AND status = 'IN_PROGRESS'
+FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
 
-RELEASE_IF_CLAIMED = """
-UPDATE triobus.command
+RELEASE_IF_CLAIMED = f"""{_STILL_CLAIMED}
+UPDATE triobus.command c
 SET status = 'PENDING', visible_at = now(), lease_token = NULL,
-    attempts = attempts - 1, updated_at = now()
-WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
-  AND lease_token = ANY(%(lease_tokens)s) AND status = 'IN_PROGRESS'
+    attempts = c.attempts - 1, updated_at = now()
+FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
 
 ACK_IF_CLAIMED = f"""
@@ -93,7 +103,12 @@ WITH r AS (
         %(error_details)s::text[])
     AS r(domain, command_id, lease_token, status, event, retry_delay, result,
          error_type, error_code, error_message, error_details)
-    ORDER BY domain, command_id
+), locked AS (  -- command rows are locked in (domain, command_id) order: no deadlocks
+    SELECT c.domain, c.command_id FROM triobus.command c
+    JOIN r ON c.domain = r.domain AND c.command_id = r.command_id
+    WHERE c.lease_token = r.lease_token
+    ORDER BY c.domain, c.command_id
+    FOR UPDATE OF c
 ), acked AS (
     UPDATE triobus.command c
     SET status = r.status,
@@ -110,9 +125,10 @@ WITH r AS (
                           ELSE c.visible_at END,
         lease_token = NULL,
         updated_at = now()
-    FROM r
+    FROM r, locked l
     WHERE c.domain = r.domain AND c.command_id = r.command_id
-      AND c.lease_token = r.lease_token AND c.status = 'IN_PROGRESS'
+      AND l.domain = r.domain AND l.command_id = r.command_id
+      AND c.lease_token = r.lease_token
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
               c.result, c.attempts, r.error_type, r.error_code, r.error_message,
               r.error_details::jsonb AS error_details, r.event, r.retry_delay

@@ -56,7 +56,9 @@ CREATE TABLE triobus.command (
     CONSTRAINT command_status_known CHECK (
         status IN ('PENDING', 'IN_PROGRESS', 'COMPLETED', 'FAILED', 'CANCELED',
                    'IN_TROUBLESHOOTING_QUEUE')),
-    CONSTRAINT command_max_attempts_positive CHECK (max_attempts IS NULL OR max_attempts >= 1)
+    CONSTRAINT command_max_attempts_positive CHECK (max_attempts IS NULL OR max_attempts >= 1),
+    CONSTRAINT command_leased_while_in_progress CHECK (
+        (status = 'IN_PROGRESS') = (lease_token IS NOT NULL))
 );
 
 CREATE INDEX command_claimable ON triobus.command (domain, visible_at)

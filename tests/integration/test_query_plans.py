@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from triobus.persistence.driver import Connection, connect
-from triobus.persistence.queue import CLAIM_COMMANDS
+from triobus.persistence.queue import (
+    ACK_IF_CLAIMED,
+    CLAIM_COMMANDS,
+    EXTEND_LEASES_IF_CLAIMED,
+    RELEASE_IF_CLAIMED,
+)
 from triobus.persistence.troubleshooting import COUNT_TROUBLESHOOTING, SELECT_TROUBLESHOOTING
 
 
 @pytest.fixture
 async def conn(triobus_dsn: str) -> AsyncIterator[Connection]:
     connection = await connect(triobus_dsn)
-    # On an empty table a scan is always cheapest: forbid it to see what the indexes serve.
+    # A queue just filled by a bulk insert, its statistics from when it was empty: the
+    # state in which a guard naming the status picked the partial claim index.
+    await connection.execute("ANALYZE triobus.command")
+    await connection.execute(
+        "INSERT INTO triobus.command (domain, command_id, command_type, data, correlation_id,"
+        " status) SELECT 'd', gen_random_uuid(), 'T', '{}', gen_random_uuid(),"
+        " CASE WHEN n % 100 = 0 THEN 'IN_TROUBLESHOOTING_QUEUE' ELSE 'PENDING' END"
+        " FROM generate_series(1, 5000) AS n"
+    )
+    # Small tables are cheapest to scan: forbid it to see what the indexes can serve.
     await connection.execute("SET enable_seqscan = off")
     try:
         yield connection
@@ -46,3 +61,31 @@ async def test_troubleshooting_queries_use_the_partial_tsq_index(
     text = await plan(conn, sql, params)
     assert "command_troubleshooting" in text
     assert "Seq Scan on command" not in text
+
+
+@pytest.mark.parametrize("sql", [ACK_IF_CLAIMED, EXTEND_LEASES_IF_CLAIMED, RELEASE_IF_CLAIMED])
+async def test_lease_guarded_writes_find_commands_by_primary_key(
+    conn: Connection, sql: str
+) -> None:
+    """Not through the partial claim index: with many pending commands that scans them all."""
+    ids = [uuid.uuid4() for _ in range(8)]
+    params: dict[str, Any] = {
+        "domain": ["d"] * 8 if sql is ACK_IF_CLAIMED else "d",
+        "command_id": ids,
+        "command_ids": ids,
+        "lease_token": ids,
+        "lease_tokens": ids,
+        "status": ["COMPLETED"] * 8,
+        "event": ["COMPLETED"] * 8,
+        "retry_delay": [None] * 8,
+        "result": [None] * 8,
+        "error_type": [None] * 8,
+        "error_code": [None] * 8,
+        "error_message": [None] * 8,
+        "error_details": [None] * 8,
+        "visibility_timeout": 30.0,
+    }
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    text = await plan(conn, sql, params)
+    assert "command_pkey" in text
+    assert "command_claimable" not in text

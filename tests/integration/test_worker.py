@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from triobus.actors import (
     AuditEventType,
+    BatchCommand,
     BusinessRuleError,
     Command,
     CommandMetadata,
@@ -558,3 +560,23 @@ async def test_success_audit_event_does_not_repeat_an_earlier_error(
     events = await triobus_runtime.bus.get_audit_trail(sent.command_id)
     assert events[-1].event_type is E.COMPLETED
     assert events[-1].details == {"attempt": 2}
+
+
+async def test_heartbeats_racing_acks_never_deadlock(
+    triobus_runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    @triobus_runtime.registry.handler("d", "Tick")
+    async def tick(command: Command, ctx: HandlerContext) -> None:
+        await trio.lowlevel.checkpoint()
+
+    workers = [
+        await triobus_runtime.start_worker("d", concurrency=32, heartbeat_interval=0.001)
+        for _ in range(2)
+    ]
+    batch_id = await triobus_runtime.bus.create_batch(
+        "d", [BatchCommand("Tick", uuid.uuid4(), {}) for _ in range(3000)]
+    )
+    batch = await triobus_runtime.wait_batch("d", batch_id, timeout=120)
+    assert batch.completed_count == 3000
+    assert not [r for r in caplog.records if "deadlock" in r.getMessage()]
+    assert all(w.statistics().discarded == 0 for w in workers)
