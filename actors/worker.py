@@ -94,9 +94,11 @@ class RetryPolicy:
 
 @attrs.frozen(kw_only=True)
 class WorkerStatistics:
-    """Counters since the worker started. `in_flight` counts claimed, unacknowledged commands."""
+    """Counters since the worker started. `in_flight` counts claimed, unacknowledged
+    commands; `claim_statements` and `ack_batches` count the statements run for them."""
 
     domain: str
+    claim_statements: int
     claimed: int
     in_flight: int
     completed: int
@@ -110,6 +112,7 @@ class WorkerStatistics:
 
 @attrs.define
 class _Counters:
+    claim_statements: int = 0
     claimed: int = 0
     completed: int = 0
     failed: int = 0
@@ -305,6 +308,7 @@ class Worker:
             self._counters.last_error = f"claim failed: {ex}"
             logger.warning("worker %r could not claim: %s", self.domain, ex)
             return []
+        self._counters.claim_statements += 1
         for claim in claimed:
             self._in_flight[claim.command_id] = claim
             logger.debug("claimed %s/%s attempt %d", self.domain, claim.command_id, claim.attempt)

@@ -473,6 +473,7 @@ async def test_statistics(triobus_runtime: Runtime, eventually: Callable[..., An
     await eventually(all_acked)
     stats = worker.statistics()
     assert (stats.domain, stats.claimed, stats.completed, stats.failed) == ("d", 3, 2, 1)
+    assert stats.claim_statements >= 1
     assert (stats.retried, stats.moved_to_tsq, stats.in_flight) == (0, 0, 0)
     assert stats.last_error == "NO: refused" and stats.ack_batches >= 1
     assert triobus_runtime.statistics().workers == (stats,)
