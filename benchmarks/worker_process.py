@@ -1,0 +1,39 @@
+"""A benchmark worker process: python worker_process.py DSN DOMAIN CONCURRENCY
+
+Runs a no-op handler for command type "Noop" in DOMAIN; prints "ready" when claiming and
+"rss <bytes>" each time it reads a line "rss" on standard input; runs until killed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from triobus.actors import Command, HandlerContext, HandlerRegistry, open_runtime
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+async def main(dsn: str, domain: str, concurrency: int) -> None:
+    registry = HandlerRegistry()
+
+    @registry.handler(domain, "Noop")
+    async def noop(command: Command, ctx: HandlerContext) -> None:
+        return None
+
+    async with open_runtime(dsn, registry=registry, migrate=False) as runtime:
+        await runtime.start_worker(domain, concurrency=concurrency)
+        print("ready", flush=True)
+        stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+        async for chunk in stdin:
+            for _ in chunk.decode().split():
+                print(f"rss {rss_bytes()}", flush=True)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
