@@ -225,6 +225,12 @@ def _temp_parent() -> str:
     return "/tmp" if too_long and os.path.isdir("/tmp") else parent
 
 
+def _delete(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        logger.warning("could not delete %s", root)
+
+
 def _postmaster_pid(data: Path) -> int | None:
     try:
         return int((data / "postmaster.pid").read_text().split()[0])
@@ -266,15 +272,14 @@ async def open_embedded_postgres(
     try:
         bin_dir = _prepare(root, bin_dir, owner)
         await _initdb_and_start(runner, bin_dir, root, server_options)
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled while starting: stop it
         elapsed = time.monotonic() - started
         logger.info("embedded PostgreSQL started in %.2f s from %s", elapsed, bin_dir)
         yield f"postgresql://postgres@/postgres?host={quote(str(root / 'socket'), safe='/')}"
     finally:
         with trio.CancelScope(shield=True):
             await _stop(runner, bin_dir, root / "data")
-            shutil.rmtree(root, ignore_errors=True)
-            if root.exists():
-                logger.warning("could not delete %s", root)
+            await trio.to_thread.run_sync(_delete, root)
 
 
 async def _stop(runner: _Runner, bin_dir: Path, data: Path) -> None:
@@ -284,7 +289,7 @@ async def _stop(runner: _Runner, bin_dir: Path, data: Path) -> None:
         return  # never started
     for mode in ("fast", "immediate"):
         with trio.move_on_after(_STOP_STEP_TIMEOUT):
-            stop = [bin_dir / "pg_ctl", "-D", data, "-m", mode, "stop"]
+            stop: list[str | Path] = [bin_dir / "pg_ctl", "-D", data, "-m", mode, "-W", "stop"]
             try:
                 await runner.run("pg_ctl stop", stop)
             except EmbeddedPostgresError as ex:
