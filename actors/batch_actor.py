@@ -1,11 +1,11 @@
 """The batch actor: supervises one watched batch until it completes, then awaits its
 completion callback exactly once.
 
-Its inbox (a bounded memory channel) receives `CommandsFinished` deltas from this
+Its inbox (a bounded memory channel) receives `BatchProgress` counts from this
 process's workers and operator actions, and `BatchFinished` hints from them, from the
 notifier (the batch was completed by another process) and from the supervisor's
 reconciliation poll. It holds the batch's counts: read from the database when it starts,
-advanced by the deltas. A hint makes it read the batch; once the database says the batch
+advanced by the progress messages. A hint makes it read the batch; once the database says the batch
 is complete, it awaits `on_complete(BatchMetadata)` in its own nursery, under a
 deadline. An exception or timeout there is logged with the batch id and goes no further:
 workers, ackers and the runtime never see it. The actor then ends: one invocation, ever.
@@ -20,7 +20,7 @@ from uuid import UUID
 import attrs
 import trio
 
-from triobus.actors.messages import BatchFinished, BatchMessage, CommandsFinished
+from triobus.actors.messages import BatchFinished, BatchMessage, BatchProgress
 from triobus.actors.notifier import BATCH_CHANNEL, Notifier
 from triobus.persistence.batches import BatchMetadata, select_batch
 from triobus.persistence.driver import ConnectionPool
@@ -112,12 +112,12 @@ class BatchActor:
         while not self.counts.is_final:
             message = await self._inbox.receive()
             self.messages += 1
-            if isinstance(message, CommandsFinished):
+            if isinstance(message, BatchProgress):
                 self.counts = attrs.evolve(
                     self.counts,
-                    completed_count=self.counts.completed_count + message.completed,
-                    failed_count=self.counts.failed_count + message.failed,
-                    canceled_count=self.counts.canceled_count + message.canceled,
+                    completed_count=max(self.counts.completed_count, message.completed),
+                    failed_count=max(self.counts.failed_count, message.failed),
+                    canceled_count=max(self.counts.canceled_count, message.canceled),
                 )
             else:
                 self.counts = await self._read()

@@ -12,14 +12,13 @@ is already complete).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from uuid import UUID
 
 import trio
 
 from triobus.actors.batch_actor import BatchActor, BatchCallback, BatchWatchStatistics
-from triobus.actors.messages import BatchFinished, CommandsFinished
+from triobus.actors.messages import BatchFinished, BatchProgress
 from triobus.actors.notifier import Notifier
 from triobus.persistence.batches import BatchMetadata, select_final_batches
 from triobus.persistence.driver import ConnectionPool
@@ -97,19 +96,18 @@ class BatchSupervisor:
 
     def deliver_changes(self, changes: Sequence[CommandChange]) -> None:
         """Route committed changes to the actors of watched batches (the fast path)."""
-        deltas: dict[BatchKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+        progress: dict[BatchKey, tuple[int, int, int]] = {}
         completed: set[BatchKey] = set()
         for change in changes:
             if change.batch_id is None or (change.domain, change.batch_id) not in self._actors:
                 continue
             key = (change.domain, change.batch_id)
-            slot = {"COMPLETED": 0, "FAILED": 1, "CANCELED": 2}.get(change.status)
-            if slot is not None:
-                deltas[key][slot] += 1
+            if change.batch_counts is not None:  # the same for every change of one statement
+                progress[key] = change.batch_counts
             if change.batch_completed:
                 completed.add(key)
-        for key, (done, failed, canceled) in deltas.items():
-            self._actors[key].deliver(CommandsFinished(*key, done, failed, canceled))
+        for key, (done, failed, canceled) in progress.items():
+            self._actors[key].deliver(BatchProgress(*key, done, failed, canceled))
         for key in completed:
             self._actors[key].deliver(BatchFinished(*key))
 

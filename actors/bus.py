@@ -35,8 +35,10 @@ from triobus.persistence.validation import (
     NewCommand,
     check_async_callable,
     check_limit_offset,
+    check_max_payload_bytes,
     check_name,
     check_optional_uuid,
+    check_seconds,
     check_text,
     check_uuid,
     encode_payload,
@@ -82,7 +84,7 @@ class CommandBus:
         self._pool = pool
         self._notifier = notifier
         self._batches = batches
-        self.max_payload_bytes = max_payload_bytes
+        self.max_payload_bytes = check_max_payload_bytes(max_payload_bytes)
 
     async def send(
         self,
@@ -193,21 +195,26 @@ class CommandBus:
 
         Yielded replies stay stored until `ack_replies`; this iterator does not yield the
         same reply twice, but a new iterator starts again from the oldest unacknowledged.
+        Reply ids are not committed in order, so the iterator remembers what it yielded
+        (forgetting what was acknowledged) instead of reading above the last id.
         """
         checked_queue = check_name("queue", queue)
         checked_limit, _ = check_limit_offset(batch_size, 0)
-        last_id = 0
+        poll = check_seconds("poll_interval", poll_interval, context=f"queue {checked_queue!r}")
+        yielded: set[int] = set()
         with self._notifier.subscribe(REPLY_CHANNEL, checked_queue) as hints:
             while True:
                 async with self._pool.connection() as conn:
+                    if len(yielded) >= 4 * checked_limit:
+                        yielded = await replies.stored_reply_ids(conn, checked_queue, yielded)
                     found = await replies.select_replies(
-                        conn, checked_queue, limit=checked_limit, after_id=last_id
+                        conn, checked_queue, limit=checked_limit, skip=yielded
                     )
                 for reply in found:
-                    last_id = reply.reply_id
+                    yielded.add(reply.reply_id)
                     yield reply
                 if len(found) < checked_limit:
-                    with trio.move_on_after(poll_interval):
+                    with trio.move_on_after(poll):
                         await hints.receive()
 
     async def create_batch(

@@ -8,8 +8,10 @@ import attrs
 
 
 @attrs.frozen
-class CommandsFinished:
-    """Commands of a batch reached terminal states in this process (a count delta)."""
+class BatchProgress:
+    """A batch's terminal counts as of a commit in this process. Absolute, not deltas:
+    these counts never decrease, so the highest seen is the latest, whatever the order
+    of arrival, and a count already read from the database is never added twice."""
 
     domain: str
     batch_id: UUID
@@ -27,4 +29,4 @@ class BatchFinished:
     batch_id: UUID
 
 
-BatchMessage = CommandsFinished | BatchFinished
+BatchMessage = BatchProgress | BatchFinished

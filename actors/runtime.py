@@ -39,8 +39,11 @@ from triobus.persistence.schema import migrate as apply_migrations
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_async_callable,
+    check_max_payload_bytes,
     check_name,
+    check_optional_seconds,
     check_positive_int,
+    check_seconds,
     check_uuid,
 )
 
@@ -67,19 +70,6 @@ def _driver_from(value: DriverKind | str | None) -> DriverKind:
     except ValueError:
         known = ", ".join(DriverKind)
         raise ValidationError(f"driver {value!r} is not one of {known}") from None
-
-
-def _check_seconds(kind: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValidationError(f"{kind} must be a number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 class Runtime:
@@ -125,9 +115,16 @@ class Runtime:
         handle has `await stop()` and `statistics()`.
         """
         checked_domain = check_name("domain", domain)
-        timeout = _check_seconds("visibility_timeout", visibility_timeout)
-        assert timeout is not None
-        heartbeat = _check_seconds("heartbeat_interval", heartbeat_interval, allow_none=True)
+        context = f"worker of domain {checked_domain!r}"
+        timeout = check_seconds("visibility_timeout", visibility_timeout, context=context)
+        heartbeat = check_optional_seconds(
+            "heartbeat_interval", heartbeat_interval, context=context
+        )
+        if heartbeat is not None and heartbeat >= timeout:
+            raise ValidationError(
+                f"heartbeat_interval ({heartbeat} s) must be shorter than visibility_timeout"
+                f" ({timeout} s), or leases expire between heartbeats ({context})"
+            )
         worker = Worker(
             domain=checked_domain,
             pool=self.pool,
@@ -136,10 +133,12 @@ class Runtime:
             concurrency=check_positive_int("concurrency", concurrency, limit=10_000),
             visibility_timeout=timeout,
             retry_policy=retry_policy or RetryPolicy(),
-            handler_timeout=_check_seconds("handler_timeout", handler_timeout, allow_none=True),
-            poll_interval=_check_seconds("poll_interval", poll_interval) or 5.0,
+            handler_timeout=check_optional_seconds(
+                "handler_timeout", handler_timeout, context=context
+            ),
+            poll_interval=check_seconds("poll_interval", poll_interval, context=context),
             heartbeat_interval=heartbeat if heartbeat is not None else timeout / 3,
-            grace_period=_check_seconds("grace_period", grace_period) or 10.0,
+            grace_period=check_seconds("grace_period", grace_period, context=context),
             on_acked=self._batches.deliver_changes,
         )
         await self._nursery.start(worker.run)
@@ -179,8 +178,8 @@ class Runtime:
         Raises `trio.TooSlowError` after `timeout` seconds, `BatchNotFoundError` for an
         unknown batch.
         """
+        seconds = check_optional_seconds("timeout", timeout)
         checked_domain, checked_id = await self._existing_batch(domain, batch_id)
-        seconds = _check_seconds("timeout", timeout, allow_none=True)
         with trio.fail_after(math.inf if seconds is None else seconds):
             return await self._batches.wait(checked_domain, checked_id)
 
@@ -229,9 +228,9 @@ async def open_runtime(
     """
     kind = _driver_from(driver)
     check_positive_int("pool_size", pool_size, limit=1000)
-    callback_timeout = _check_seconds("batch_callback_timeout", batch_callback_timeout)
-    reconcile_interval = _check_seconds("batch_reconcile_interval", batch_reconcile_interval)
-    assert callback_timeout is not None and reconcile_interval is not None
+    check_max_payload_bytes(max_payload_bytes)
+    callback_timeout = check_seconds("batch_callback_timeout", batch_callback_timeout)
+    reconcile_interval = check_seconds("batch_reconcile_interval", batch_reconcile_interval)
     registry = registry if registry is not None else HandlerRegistry()
     try:
         async with AsyncExitStack() as stack:

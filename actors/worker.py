@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from typing import Any
@@ -54,20 +53,32 @@ from triobus.persistence.queue import (
     release_if_claimed,
 )
 from triobus.persistence.records import CommandChange
-from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload
+from triobus.persistence.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_seconds,
+    encode_payload,
+    storable_text,
+)
 
 logger = logging.getLogger(__name__)
 
 _MAX_ACK_BATCH = 500
 _RELEASE_TIMEOUT = 10.0
+_CLAIM_TIMEOUT = 10.0
+_ERROR_NAME_LENGTH = 200
+_ERROR_MESSAGE_LENGTH = 4000
 
 
 def _check_backoff(instance: RetryPolicy, attribute: Any, value: tuple[float, ...]) -> None:
-    if not value or any(not math.isfinite(d) or d < 0 for d in value):
-        raise ValidationError(f"backoff must be a non-empty tuple of delays >= 0, got {value}")
+    if not value:
+        raise ValidationError("backoff must be a non-empty sequence of delays")
+    for delay in value:
+        check_seconds("backoff delay", delay, allow_zero=True, context="RetryPolicy")
 
 
 def _to_delays(value: Iterable[float]) -> tuple[float, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValidationError(f"backoff must be a sequence of delays, got {value!r:.80}")
     return tuple(value)
 
 
@@ -182,6 +193,9 @@ def outcome_of(
     else:
         described = ("HandlerTimeout", "HANDLER_TIMEOUT", "handler timed out", None)
     error_type, code, message, details = described
+    error_type = storable_text(error_type, max_length=_ERROR_NAME_LENGTH)
+    code = storable_text(code, max_length=_ERROR_NAME_LENGTH)
+    message = storable_text(message, max_length=_ERROR_MESSAGE_LENGTH)
 
     if isinstance(error, BusinessRuleError):
         outcome, delay = Outcome.BUSINESS_RULE_FAILED, None
@@ -269,10 +283,10 @@ class Worker:
                         pipeline.start_soon(self._run_handlers, work_receive, ack_send)
                         await pipeline.start(self._claimer, work_send)
                         task_status.started()
-                    with trio.CancelScope(shield=True):
-                        await self._release_unacknowledged()
                     nursery.cancel_scope.cancel()
-        finally:
+        finally:  # also when cancelled from outside or crashing: claimed work is given back
+            with trio.CancelScope(shield=True):
+                await self._release_unacknowledged()
             self._stopped.set()
 
     # -- claimer ------------------------------------------------------------------------
@@ -295,18 +309,26 @@ class Worker:
                         await self._wait_for_work(hints)
 
     async def _claim(self, limit: int) -> list[ClaimedCommand]:
+        """Claim up to `limit` commands and record them as in flight.
+
+        Shielded (and bounded): a claim that commits is always recorded, so that stopping
+        releases it; cancelled mid-statement, it would hold its commands until their
+        leases expire and count an attempt that never ran.
+        """
         try:
-            async with self._pool.connection() as conn:
-                claimed = await claim_commands(
-                    conn,
-                    self.domain,
-                    limit=limit,
-                    visibility_timeout=self.visibility_timeout,
-                    default_max_attempts=self.retry_policy.max_attempts,
-                )
-        except DatabaseError as ex:
-            self._counters.last_error = f"claim failed: {ex}"
-            logger.warning("worker %r could not claim: %s", self.domain, ex)
+            with trio.CancelScope(shield=True), trio.fail_after(_CLAIM_TIMEOUT):
+                async with self._pool.connection() as conn:
+                    claimed = await claim_commands(
+                        conn,
+                        self.domain,
+                        limit=limit,
+                        visibility_timeout=self.visibility_timeout,
+                        default_max_attempts=self.retry_policy.max_attempts,
+                    )
+        except (DatabaseError, trio.TooSlowError) as ex:
+            reason = str(ex) or f"no answer within {_CLAIM_TIMEOUT:.0f} s"
+            self._counters.last_error = f"claim failed: {reason}"
+            logger.warning("worker %r could not claim: %s", self.domain, reason)
             return []
         self._counters.claim_statements += 1
         for claim in claimed:
@@ -412,7 +434,9 @@ class Worker:
         self._counters.ack_batches += 1
         acked_ids = {a.command_id for a in acked}
         for result in batch:
-            self._in_flight.pop(result.command_id, None)
+            claim = self._in_flight.get(result.command_id)
+            if claim is not None and claim.lease_token == result.lease_token:
+                del self._in_flight[result.command_id]  # not a newer claim of the same command
             if result.command_id not in acked_ids:
                 self._counters.discarded += 1
                 logger.info(

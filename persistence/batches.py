@@ -24,6 +24,12 @@ from triobus.persistence.driver import Connection, Row
 from triobus.persistence.errors import DuplicateBatchError
 from triobus.persistence.validation import NewCommand
 
+# What statements built on `batch_changes_sql` return about the batch of each changed
+# command `c`, joined with `LEFT JOIN batch_updated bu` (see `CommandChange`).
+BATCH_CHANGE_COLUMNS = """coalesce(bu.newly_completed, false) AS batch_completed,
+       bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
+       bu.canceled_count AS batch_canceled_count"""
+
 
 def batch_changes_sql(deltas: str) -> str:
     """CTEs applying the per-command count changes listed by CTE `deltas`.

@@ -59,6 +59,7 @@ _ACTIVE = pq.TransactionStatus.ACTIVE
 _IDLE = pq.TransactionStatus.IDLE
 # How long a cancelled query may take to stop before its connection is closed instead.
 _CANCEL_GRACE = 5.0
+_ROLLBACK_TIMEOUT = 10.0
 
 
 class DriverKind(enum.StrEnum):
@@ -90,6 +91,8 @@ def _translated_errors() -> Iterator[None]:
         raise DatabaseUnavailableError(str(ex), sqlstate=ex.sqlstate) from ex
     except psycopg.Error as ex:
         raise DatabaseError(str(ex), sqlstate=ex.sqlstate) from ex
+    except UnicodeError as ex:  # a str psycopg cannot encode, e.g. with a lone surrogate
+        raise DatabaseError(f"a value cannot be encoded for PostgreSQL: {ex}") from ex
 
 
 class Connection(abc.ABC):
@@ -139,7 +142,13 @@ class Connection(abc.ABC):
             yield self
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._rollback_quietly()
+                with trio.move_on_after(_ROLLBACK_TIMEOUT) as rollback:
+                    await self._rollback_quietly()
+                if rollback.cancelled_caught:
+                    logger.warning(
+                        "ROLLBACK took over %.0f s: closing the connection", _ROLLBACK_TIMEOUT
+                    )
+                    await self.close()
             raise
         await self.execute("COMMIT")
 
@@ -542,12 +551,17 @@ class ConnectionPool:
         now = time.monotonic()
         while self._idle:
             idle = self._idle.pop()
-            if now - idle.conn.opened_at > self.max_lifetime or (
-                now - idle.released > self.check_after and not await self._healthy(idle.conn)
-            ):
-                await self._discard(idle.conn)
-            else:
+            try:
+                usable = now - idle.conn.opened_at <= self.max_lifetime and (
+                    now - idle.released <= self.check_after or await self._healthy(idle.conn)
+                )
+            except BaseException:  # cancelled during the health check: never lose the slot
+                with trio.CancelScope(shield=True):
+                    await self._discard(idle.conn)
+                raise
+            if usable:
                 return idle.conn
+            await self._discard(idle.conn)
         return await self._connect_with_backoff()
 
     async def _healthy(self, conn: Connection) -> bool:

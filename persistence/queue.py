@@ -19,7 +19,7 @@ from uuid import UUID
 
 import attrs
 
-from triobus.persistence.batches import batch_changes_sql
+from triobus.persistence.batches import BATCH_CHANGE_COLUMNS, batch_changes_sql
 from triobus.persistence.driver import Connection, Row
 from triobus.persistence.records import CommandChange
 
@@ -158,8 +158,7 @@ WITH r AS (
            0 AS canceled, (status = 'IN_TROUBLESHOOTING_QUEUE')::int AS tsq
     FROM acked
 ), {batch_changes_sql("deltas")}
-SELECT a.domain, a.command_id, a.status, a.batch_id,
-       coalesce(bu.newly_completed, false) AS batch_completed
+SELECT a.domain, a.command_id, a.status, a.batch_id, {BATCH_CHANGE_COLUMNS}
 FROM acked a
 LEFT JOIN batch_updated bu ON bu.domain = a.domain AND bu.batch_id = a.batch_id
 """

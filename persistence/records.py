@@ -171,13 +171,18 @@ class Reply:
 
 @attrs.frozen
 class CommandChange:
-    """A committed state change of one command; `batch_completed` if it completed its batch."""
+    """A committed state change of one command; `batch_completed` if it completed its batch.
+
+    `batch_counts` are its batch's (completed, failed, canceled) counts as of the commit,
+    when the change changed them.
+    """
 
     domain: str
     command_id: UUID
     status: str
     batch_id: UUID | None
     batch_completed: bool
+    batch_counts: tuple[int, int, int] | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> CommandChange:
@@ -187,6 +192,13 @@ class CommandChange:
             status=row["status"],
             batch_id=row["batch_id"],
             batch_completed=row["batch_completed"],
+            batch_counts=None
+            if row["batch_completed_count"] is None
+            else (
+                row["batch_completed_count"],
+                row["batch_failed_count"],
+                row["batch_canceled_count"],
+            ),
         )
 
 

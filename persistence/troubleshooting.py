@@ -14,7 +14,7 @@ from uuid import UUID
 
 import attrs
 
-from triobus.persistence.batches import batch_changes_sql
+from triobus.persistence.batches import BATCH_CHANGE_COLUMNS, batch_changes_sql
 from triobus.persistence.driver import Connection, Row
 from triobus.persistence.records import CommandChange
 
@@ -49,7 +49,8 @@ WITH changed AS (
     FROM changed
 ), {batch_changes_sql("deltas")}
 SELECT c.domain, c.command_id, c.batch_id, c.status, false AS batch_completed,
-       pg_notify('triobus_command', c.domain)
+       NULL::int AS batch_completed_count, NULL::int AS batch_failed_count,
+       NULL::int AS batch_canceled_count, pg_notify('triobus_command', c.domain)
 FROM changed c
 """
 
@@ -76,8 +77,7 @@ WITH changed AS (
            -1 AS tsq
     FROM changed
 ), {batch_changes_sql("deltas")}
-SELECT c.domain, c.command_id, c.batch_id, c.status,
-       coalesce(bu.newly_completed, false) AS batch_completed
+SELECT c.domain, c.command_id, c.batch_id, c.status, {BATCH_CHANGE_COLUMNS}
 FROM changed c
 LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id
 """
@@ -105,8 +105,7 @@ WITH changed AS (
            -1 AS tsq
     FROM changed
 ), {batch_changes_sql("deltas")}
-SELECT c.domain, c.command_id, c.batch_id, c.status,
-       coalesce(bu.newly_completed, false) AS batch_completed
+SELECT c.domain, c.command_id, c.batch_id, c.status, {BATCH_CHANGE_COLUMNS}
 FROM changed c
 LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id
 """

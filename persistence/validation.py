@@ -23,6 +23,8 @@ from triobus.persistence.errors import ValidationError
 NAME_MAX_LENGTH = 100
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_ATTEMPTS_LIMIT = 1000
+MAX_SECONDS = 10 * 365 * 24 * 3600.0  # ten years: beyond this a duration is a mistake
+MAX_PAYLOAD_BYTES_LIMIT = 64 * 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 # json.dumps escapes NUL as \u0000; jsonb refuses it. An escaped backslash before it is not it.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -71,6 +73,35 @@ def check_positive_int(kind: str, value: object, *, limit: int, context: str = "
     if not 1 <= value <= limit:
         raise ValidationError(f"{kind} must be between 1 and {limit}, got {value}{where}")
     return value
+
+
+def check_seconds(
+    kind: str, value: object, *, allow_zero: bool = False, context: str = ""
+) -> float:
+    """A finite number of seconds, > 0 (>= 0 with `allow_zero`), at most ten years."""
+    where = f" ({context})" if context else ""
+    bound = ">= 0" if allow_zero else "> 0"
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+        or value > MAX_SECONDS
+    ):
+        raise ValidationError(
+            f"{kind} must be a number of seconds {bound} and at most {MAX_SECONDS:.0f},"
+            f" got {value!r:.80}{where}"
+        )
+    return float(value)
+
+
+def check_optional_seconds(kind: str, value: object, *, context: str = "") -> float | None:
+    return None if value is None else check_seconds(kind, value, context=context)
+
+
+def check_max_payload_bytes(value: object) -> int:
+    return check_positive_int("max_payload_bytes", value, limit=MAX_PAYLOAD_BYTES_LIMIT)
 
 
 def check_limit_offset(limit: object, offset: object) -> tuple[int, int]:
@@ -123,20 +154,16 @@ def check_schedule(
     """`delay` (seconds >= 0) or `not_before` (an aware datetime), not both."""
     if delay is not None and not_before is not None:
         raise ValidationError(f"give delay or not_before, not both ({context})")
-    if delay is not None and (
-        not isinstance(delay, int | float)
-        or isinstance(delay, bool)
-        or not math.isfinite(delay)
-        or delay < 0
-    ):
-        raise ValidationError(f"delay must be a number of seconds >= 0, got {delay!r} ({context})")
+    checked_delay = (
+        None if delay is None else check_seconds("delay", delay, allow_zero=True, context=context)
+    )
     if not_before is not None and (
         not isinstance(not_before, datetime) or not_before.tzinfo is None
     ):
         raise ValidationError(
             f"not_before must be a timezone-aware datetime, got {not_before!r:.80} ({context})"
         )
-    return (None if delay is None else float(delay)), not_before
+    return checked_delay, not_before
 
 
 def new_command(
@@ -193,6 +220,17 @@ def check_text(kind: str, value: object, *, max_length: int, context: str) -> st
     if not value.isprintable():
         raise ValidationError(f"{kind} must not contain control characters ({context})")
     return value
+
+
+def storable_text(value: object, *, max_length: int) -> str:
+    """`str(value)` as PostgreSQL can store it: NUL and lone surrogates escaped, and cut to
+    `max_length` characters. For text that is recorded, never refused (handler errors)."""
+    try:
+        text = str(value)
+    except Exception:
+        text = f"<{type(value).__name__} whose str() failed>"
+    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= max_length else text[: max_length - 1] + "\u2026"
 
 
 def check_async_callable(kind: str, value: object, *, context: str) -> None:

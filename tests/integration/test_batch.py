@@ -30,6 +30,8 @@ from triobus.actors import (
     ValidationError,
     open_runtime,
 )
+from triobus.actors.batch_actor import BatchActor
+from triobus.actors.messages import BatchProgress
 from triobus.persistence.driver import connect
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")
@@ -428,6 +430,42 @@ async def test_a_hanging_callback_is_cancelled_and_logged(
         await eventually(timed_out)
     (record,) = [r for r in caplog.records if "timed out" in r.getMessage()]
     assert str(batch_id) in record.getMessage()
+
+
+async def test_batch_actor_never_counts_a_commit_twice(
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
+) -> None:
+    """Progress of a commit that the actor's first read already includes (it arrived
+    while the actor started) must not be added on top of that read."""
+    runtime = triobus_runtime
+    await register_work(runtime)
+    batch_id = await runtime.bus.create_batch("d", commands("ok", "tsq", "tsq"))
+    await runtime.start_worker("d")
+
+    async def settled() -> bool:
+        batch = await runtime.bus.get_batch("d", batch_id)
+        return batch is not None and batch.in_troubleshooting_count == 2
+
+    await eventually(settled)
+    actor = BatchActor(
+        "d",
+        batch_id,
+        pool=runtime.pool,
+        notifier=runtime._notifier,
+        on_complete=None,
+        callback_timeout=1.0,
+    )
+    actor.deliver(BatchProgress("d", batch_id, completed=1, failed=0, canceled=0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+
+        async def handled() -> bool:
+            return actor.messages == 1
+
+        await eventually(handled)
+        assert actor.counts is not None
+        assert (actor.counts.completed_count, actor.counts.in_troubleshooting_count) == (1, 2)
+        nursery.cancel_scope.cancel()
 
 
 async def test_create_batch_is_all_or_nothing(triobus_runtime: Runtime) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
+from triobus.persistence import driver as driver_module
 from triobus.persistence.driver import (
+    Connection,
     ConnectionPool,
     DriverKind,
     connect,
@@ -18,6 +21,9 @@ from triobus.persistence.errors import (
     DatabaseUnavailableError,
     UniqueViolationError,
 )
+
+if TYPE_CHECKING:
+    from tests.conftest import Proxy
 
 
 @pytest.fixture(params=list(DriverKind), ids=str)
@@ -224,3 +230,54 @@ async def test_closed_pool_refuses(triobus_dsn: str, driver: DriverKind) -> None
     with pytest.raises(DatabaseUnavailableError, match="closed"):
         async with pool.connection():
             pass
+
+
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorter waits for a hung server, so these tests take a second, not twenty."""
+    monkeypatch.setattr(driver_module, "_ROLLBACK_TIMEOUT", 0.3)
+    monkeypatch.setattr(driver_module, "_CANCEL_GRACE", 0.3)
+
+
+async def fail_in_a_transaction_while_the_server_hangs(conn: Connection, proxy: Proxy) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT 1")
+        proxy.freeze()
+        raise RuntimeError("boom")
+
+
+async def thaw_after(proxy: Proxy, seconds: float) -> None:
+    await trio.sleep(seconds)
+    proxy.thaw()
+
+
+@pytest.mark.usefixtures("short_grace")
+async def test_rollback_on_a_hung_server_is_bounded_and_closes_the_connection(
+    proxy: Proxy, driver: DriverKind
+) -> None:
+    conn = await connect(proxy.dsn, driver)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(thaw_after, proxy, 5.0)  # a hang fails the test, not the suite
+        started = trio.current_time()
+        with pytest.raises(RuntimeError, match="boom"):
+            await fail_in_a_transaction_while_the_server_hangs(conn, proxy)
+        assert trio.current_time() - started < 3.0
+        nursery.cancel_scope.cancel()
+    assert not conn.is_reusable()
+    await conn.close()
+
+
+@pytest.mark.usefixtures("short_grace")
+async def test_health_check_cancelled_on_a_hung_server_does_not_leak_the_connection(
+    proxy: Proxy, driver: DriverKind
+) -> None:
+    async with open_pool(proxy.dsn, driver=driver, check_after=0.0) as pool:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        proxy.freeze()
+        with trio.fail_after(5), trio.move_on_after(0.2) as waited:
+            async with pool.connection():
+                pass
+        assert waited.cancelled_caught
+        assert pool.statistics().open == 0
+        assert pool.statistics().discarded == 1

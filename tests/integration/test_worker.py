@@ -35,6 +35,20 @@ E = AuditEventType
 FAST = RetryPolicy(max_attempts=3, backoff=(0.05,))
 
 
+# Leases that no heartbeat extends during a test; `expire_lease` ends one at will.
+NO_HEARTBEAT: dict[str, Any] = {"visibility_timeout": 3600.0, "heartbeat_interval": 3000.0}
+
+
+async def expire_lease(runtime: Runtime, command_id: uuid.UUID) -> None:
+    async with runtime.pool.connection() as conn:
+        expired = await conn.execute(
+            "UPDATE triobus.command SET visible_at = now() - interval '1 second'"
+            " WHERE domain = 'd' AND command_id = %s AND status = 'IN_PROGRESS'",
+            (command_id,),
+        )
+    assert expired == 1
+
+
 async def trail(runtime: Runtime, command_id: uuid.UUID) -> list[AuditEventType]:
     return [e.event_type for e in await runtime.bus.get_audit_trail(command_id)]
 
@@ -138,6 +152,26 @@ async def test_unexpected_exception_is_transient_and_a_later_attempt_can_succeed
         E.RECEIVED,
         E.COMPLETED,
     ]
+
+
+async def test_error_text_postgresql_cannot_store_is_escaped_not_lost(
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
+) -> None:
+    @triobus_runtime.registry.handler("d", "Odd")
+    async def odd(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("CODE\x00", "lone \ud800 and NUL \x00 " + "x" * 10_000)
+
+    worker = await triobus_runtime.start_worker("d", retry_policy=FAST)
+    sent = await triobus_runtime.bus.send("d", "Odd", uuid.uuid4(), {})
+    command = await wait_status(
+        triobus_runtime, eventually, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE
+    )
+    assert command.last_error is not None
+    assert command.last_error.code == "CODE\\x00"
+    message = command.last_error.message or ""
+    assert message.startswith("lone \\ud800 and NUL \\x00 xxx")
+    assert len(message) == 4000
+    assert worker.statistics().moved_to_tsq == 1
 
 
 async def test_permanent_error_moves_to_tsq_at_once(
@@ -313,13 +347,11 @@ async def test_lease_overrun_late_result_is_discarded(
             await release_first.wait()
         return {"attempt": ctx.attempt}
 
-    # The first worker's heartbeat is effectively blocked: its 0.3 s lease runs out.
-    stalled = await triobus_runtime.start_worker(
-        "d", concurrency=1, visibility_timeout=0.3, heartbeat_interval=3600
-    )
+    stalled = await triobus_runtime.start_worker("d", concurrency=1, **NO_HEARTBEAT)
     sent = await triobus_runtime.bus.send("d", "Lease", uuid.uuid4(), {}, reply_to="q")
     with trio.fail_after(15):
         await first_attempt_running.wait()
+    await expire_lease(triobus_runtime, sent.command_id)
     await triobus_runtime.start_worker("d", poll_interval=0.05)
     command = await wait_status(
         triobus_runtime, eventually, sent.command_id, CommandStatus.COMPLETED
@@ -341,6 +373,41 @@ async def test_lease_overrun_late_result_is_discarded(
         E.COMPLETED,
     ]
     assert len(await triobus_runtime.bus.read_replies("q")) == 1
+
+
+async def test_a_late_result_does_not_forget_a_newer_claim_of_the_same_command(
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
+) -> None:
+    running = {1: trio.Event(), 2: trio.Event()}
+    release = {1: trio.Event(), 2: trio.Event()}
+
+    @triobus_runtime.registry.handler("d", "Twice")
+    async def twice(command: Command, ctx: HandlerContext) -> dict[str, int]:
+        running[ctx.attempt].set()
+        await release[ctx.attempt].wait()
+        return {"attempt": ctx.attempt}
+
+    worker = await triobus_runtime.start_worker(
+        "d", concurrency=2, poll_interval=0.05, **NO_HEARTBEAT
+    )
+    sent = await triobus_runtime.bus.send("d", "Twice", uuid.uuid4(), {})
+    with trio.fail_after(15):
+        await running[1].wait()
+        await expire_lease(triobus_runtime, sent.command_id)
+        await running[2].wait()  # the same worker claimed it again
+    release[1].set()
+
+    async def discarded() -> bool:
+        return worker.statistics().discarded == 1
+
+    await eventually(discarded)
+    assert worker.statistics().in_flight == 1  # attempt 2 is still tracked, still leased
+    release[2].set()
+    command = await wait_status(
+        triobus_runtime, eventually, sent.command_id, CommandStatus.COMPLETED
+    )
+    assert command.result == {"attempt": 2}
+    assert worker.statistics().in_flight == 0
 
 
 async def test_heartbeat_keeps_the_lease_of_a_long_handler(
@@ -507,6 +574,28 @@ async def test_replies_can_be_iterated_and_acknowledged(
     assert len(await bus.read_replies("echoes")) == 2
 
 
+async def test_iter_replies_yields_a_reply_whose_lower_id_commits_last(
+    triobus_runtime: Runtime,
+) -> None:
+    insert = (
+        "WITH r AS (INSERT INTO triobus.reply (queue, domain, command_id, correlation_id,"
+        " outcome) VALUES ('late', 'd', %s, %s, 'SUCCESS'))"
+        " SELECT pg_notify('triobus_reply', 'late')"
+    )
+    bus = triobus_runtime.bus
+    with trio.fail_after(15):
+        replies = bus.iter_replies("late", poll_interval=30)
+        async with triobus_runtime.pool.connection() as slow, slow.transaction():
+            await slow.execute(insert, (uuid.uuid4(), uuid.uuid4()))  # takes the lower id
+            async with triobus_runtime.pool.connection() as fast:
+                await fast.execute(insert, (late := uuid.uuid4(), uuid.uuid4()))
+            first = await anext(replies)
+            assert first.command_id == late
+        second = await anext(replies)  # committed after a higher id was yielded
+        assert second.reply_id < first.reply_id
+        await replies.aclose()  # type: ignore[attr-defined]
+
+
 def test_registry_rejects_duplicates_and_sync_functions() -> None:
     registry = HandlerRegistry()
 
@@ -545,6 +634,17 @@ async def test_start_worker_rejects_bad_arguments(triobus_runtime: Runtime) -> N
         await triobus_runtime.start_worker(" ")
     with pytest.raises(ValidationError, match="backoff"):
         RetryPolicy(backoff=())
+    with pytest.raises(ValidationError, match="backoff"):
+        RetryPolicy(backoff=(1.0, 1e12))
+    with pytest.raises(ValidationError, match="backoff"):
+        RetryPolicy(backoff=5.0)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"poll_interval.*domain 'd'"):
+        await triobus_runtime.start_worker("d", poll_interval=1e300)
+    with pytest.raises(ValidationError, match=r"heartbeat_interval.*shorter"):
+        await triobus_runtime.start_worker("d", visibility_timeout=1.0, heartbeat_interval=2.0)
+    with pytest.raises(ValidationError, match="grace_period"):
+        await triobus_runtime.start_worker("d", grace_period=float("nan"))
+    assert triobus_runtime.statistics().workers == ()
 
 
 async def test_success_audit_event_does_not_repeat_an_earlier_error(

@@ -7,7 +7,15 @@ import uuid
 import pytest
 
 from triobus.persistence.errors import ValidationError
-from triobus.persistence.validation import check_name, encode_payload, new_command
+from triobus.persistence.validation import (
+    MAX_SECONDS,
+    check_max_payload_bytes,
+    check_name,
+    check_seconds,
+    encode_payload,
+    new_command,
+    storable_text,
+)
 
 
 def test_error_messages_name_domain_and_id() -> None:
@@ -64,3 +72,34 @@ def test_payload_nul_check_is_not_fooled_by_an_escaped_backslash() -> None:
 def test_payload_rejects_lone_surrogates() -> None:
     with pytest.raises(ValidationError, match="not JSON-serialisable"):
         encode_payload("data", {"s": "\ud800"}, max_bytes=100, context="c")
+
+
+def test_storable_text_escapes_nul_and_lone_surrogates_and_truncates() -> None:
+    assert storable_text("a\x00b\ud800c", max_length=100) == "a\\x00b\\ud800c"
+    assert storable_text("é✓", max_length=100) == "é✓"
+    assert storable_text("x" * 50, max_length=10) == "x" * 9 + "\u2026"
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert storable_text(Unprintable(), max_length=100) == "<Unprintable whose str() failed>"
+
+
+@pytest.mark.parametrize("value", [-1, 0, float("inf"), float("nan"), 1e12, True, "5", None])
+def test_seconds_must_be_positive_finite_and_at_most_ten_years(value: object) -> None:
+    with pytest.raises(ValidationError, match="visibility_timeout must be a number of seconds"):
+        check_seconds("visibility_timeout", value)
+
+
+def test_seconds_allow_zero_when_asked_and_the_ten_year_bound() -> None:
+    assert check_seconds("delay", 0, allow_zero=True) == 0.0
+    assert check_seconds("delay", MAX_SECONDS) == MAX_SECONDS
+    with pytest.raises(ValidationError, match=r"delay.*domain 'd', command"):
+        new_command("d", "T", uuid.uuid4(), {}, delay=MAX_SECONDS * 2)
+
+
+@pytest.mark.parametrize("value", [0, -5, 2**40, 1.5, None])
+def test_max_payload_bytes_is_checked(value: object) -> None:
+    with pytest.raises(ValidationError, match="max_payload_bytes"):
+        check_max_payload_bytes(value)
