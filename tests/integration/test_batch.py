@@ -191,7 +191,7 @@ async def test_batch_callback_not_called_with_tsq(
 
 
 async def test_batch_callback_error_handled(
-    triobus_runtime: Runtime, caplog: pytest.LogCaptureFixture
+    triobus_runtime: Runtime, caplog: pytest.LogCaptureFixture, eventually: Callable[..., Any]
 ) -> None:
     await register_work(triobus_runtime)
     raised = trio.Event()
@@ -213,7 +213,11 @@ async def test_batch_callback_error_handled(
     batch = await triobus_runtime.bus.get_batch("d", batch_id)
     assert batch is not None and batch.status is BatchStatus.COMPLETED
     assert AuditEventType.BATCH_COMPLETED in await batch_events(triobus_runtime, batch_id)
-    assert worker.statistics().completed == 2
+
+    async def both_counted() -> bool:  # the callback may run before the acker counts
+        return worker.statistics().completed == 2
+
+    await eventually(both_counted)
     (record,) = [r for r in caplog.records if "callback bug" in str(r.exc_info)]
     assert str(batch_id) in record.getMessage() and record.levelno == logging.ERROR
 

@@ -171,7 +171,11 @@ async def test_error_text_postgresql_cannot_store_is_escaped_not_lost(
     message = command.last_error.message or ""
     assert message.startswith("lone \\ud800 and NUL \\x00 xxx")
     assert len(message) == 4000
-    assert worker.statistics().moved_to_tsq == 1
+
+    async def counted() -> bool:  # the commit is visible before the acker counts it
+        return worker.statistics().moved_to_tsq == 1
+
+    await eventually(counted)
 
 
 async def test_permanent_error_moves_to_tsq_at_once(
@@ -407,7 +411,11 @@ async def test_a_late_result_does_not_forget_a_newer_claim_of_the_same_command(
         triobus_runtime, eventually, sent.command_id, CommandStatus.COMPLETED
     )
     assert command.result == {"attempt": 2}
-    assert worker.statistics().in_flight == 0
+
+    async def nothing_in_flight() -> bool:  # the commit is visible before the acker counts it
+        return worker.statistics().in_flight == 0
+
+    await eventually(nothing_in_flight)
 
 
 async def test_heartbeat_keeps_the_lease_of_a_long_handler(
@@ -437,7 +445,12 @@ async def test_heartbeat_keeps_the_lease_of_a_long_handler(
     await eventually(lease_extended_past_three_timeouts)
     release.set()
     await wait_status(triobus_runtime, eventually, sent.command_id, CommandStatus.COMPLETED)
-    assert worker.statistics().completed == 1 and other.statistics().claimed == 0
+
+    async def counted() -> bool:  # the commit is visible before the acker counts it
+        return worker.statistics().completed == 1
+
+    await eventually(counted)
+    assert other.statistics().claimed == 0
 
 
 async def test_delayed_commands_are_not_claimed_before_their_time(
