@@ -1,6 +1,7 @@
 """The triobus benchmark suite: runs every scenario and writes benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--runs 3] [--long]      (./run bench runs it)
+    python benchmarks/run.py [--runs 3] [--long] [--only peers,...] [--output FILE]
+    (./run bench runs it)
 
 Uses $TRIOBUS_DSN when set, else starts its own embedded PostgreSQL (durable settings,
 plus pg_stat_statements to count statements). Worker processes are real OS processes
@@ -15,37 +16,58 @@ running benchmarks/worker_process.py. Scenarios:
 * callback latency: the BATCH_COMPLETED commit in a worker process -> the callback
   running in this process, over many one-command batches;
 * create_batch: 100,000 commands, seconds and the creating process's peak RSS;
-* memory (--long): worker RSS at start, after 100k and after 1M commands.
+* memory (--long): worker RSS at start, after 100k and after 1M commands;
+* peers: the throughput scenario's 20,000 no-op jobs, processing phase only (enqueued
+  first; timed from telling the idle, connected worker processes to start until all are
+  done), for PgQueuer and Procrastinate (benchmarks/peers/*_peer.py, run with the python
+  of the separate benchmark environment .venv-bench, which `./run bench` creates), for
+  triobus itself measured the same way, and the pgbench ceiling for the equivalent SQL.
+
+Scenario names for --only: throughput, cost, latency, callback, create_batch, memory, peers.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+import attrs
 import trio
+from psycopg.conninfo import conninfo_to_dict
 
 from triobus.actors import BatchCommand, BatchMetadata, Runtime, open_runtime
 from triobus.persistence.databases import create_database, drop_database
 from triobus.persistence.driver import connect
-from triobus.persistence.embedded import open_embedded_postgres
+from triobus.persistence.embedded import (
+    EmbeddedPostgresError,
+    find_postgres_bin_dir,
+    open_embedded_postgres,
+)
 from triobus.persistence.schema import migrate
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"
 WORKER = HERE / "worker_process.py"
+PEERS = HERE / "peers"
+BENCH_VENV = Path(os.environ.get("TRIOBUS_BENCH_VENV", HERE.parent / ".venv-bench"))
 SERVER_SETTINGS = {"shared_preload_libraries": "pg_stat_statements"}
+PEER_JOBS = 20_000
+PEER_DEADLINE = 900.0  # seconds for one peer run, set-up included
 
 
 def summary(values: Sequence[float], digits: int = 0) -> str:
@@ -64,14 +86,18 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 @asynccontextmanager
 async def worker_processes(
-    dsn: str, domain: str, count: int, concurrency: int
+    dsn: str, domain: str, count: int, concurrency: int, gated: bool = False
 ) -> AsyncIterator[list[trio.Process]]:
-    """`count` worker processes, each claiming when this yields; killed on exit."""
+    """`count` worker processes, each claiming when this yields; killed on exit.
+
+    `gated`: connected but idle when this yields, claiming once sent a line "go".
+    """
     processes = []
     try:
         for _ in range(count):
             process = await trio.lowlevel.open_process(
-                [sys.executable, str(WORKER), dsn, domain, str(concurrency)],
+                [sys.executable, str(WORKER), dsn, domain, str(concurrency)]
+                + (["gated"] if gated else []),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
@@ -125,21 +151,27 @@ class Bench:
         self.admin_dsn = admin_dsn
         self.runs = runs
         self.sections: list[str] = []
+        # Medians of the throughput scenario, by (worker processes, concurrency).
+        self.throughput_rates: dict[tuple[int, int], float] = {}
 
     @asynccontextmanager
-    async def database(self) -> AsyncIterator[str]:
-        """A fresh migrated database for one measurement, dropped after it."""
+    async def database(self, migrated: bool = True) -> AsyncIterator[str]:
+        """A fresh (migrated) database for one measurement, dropped after it."""
         name = f"triobus_bench_{uuid.uuid4().hex[:10]}"
         dsn = await create_database(self.admin_dsn, name)
         try:
-            await migrate(dsn)
+            if migrated:
+                await migrate(dsn)
             yield dsn
         finally:
             await drop_database(self.admin_dsn, name)
 
-    def section(self, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    def section(
+        self, title: str, header: Sequence[str], rows: Sequence[Sequence[str]], note: str = ""
+    ) -> None:
         lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", note] if note else []
         self.sections.append("\n".join(lines))
         print("\n".join(lines), flush=True)
 
@@ -156,6 +188,7 @@ class Bench:
                     ):
                         rates.append(20_000 / await run_batch(runtime, "bench", 20_000))
                 rows.append([str(processes), str(concurrency), summary(rates)])
+                self.throughput_rates[processes, concurrency] = statistics.median(rates)
         self.section(
             "Throughput: one batch of 20,000 no-op commands, create_batch → on_complete",
             ["worker processes", "concurrency", "commands/s, median (min-max)"],
@@ -335,6 +368,293 @@ class Bench:
                 )
         self.section("Memory: worker process RSS (MiB)", ["when", "RSS"], rows)
 
+    async def peers(self) -> None:
+        """PgQueuer, Procrastinate and triobus on the processing phase; the pgbench ceiling."""
+        phase: dict[tuple[int, int], float] = {}
+        rows = []
+        for processes, concurrency in ((1, 16), (1, 64), (2, 64)):
+            rates = [
+                PEER_JOBS / await self._triobus_phase(processes, concurrency)
+                for _ in range(self.runs)
+            ]
+            phase[processes, concurrency] = statistics.median(rates)
+            rows.append(
+                [
+                    "triobus",
+                    "native Trio psycopg driver",
+                    str(processes),
+                    str(concurrency),
+                    summary(rates),
+                    "—",
+                    "—",
+                ]
+            )
+        packages = sorted({p for config in PEER_CONFIGS for p in (config.package, *config.needs)})
+        versions = await installed_versions(BENCH_VENV / "bin" / "python", packages)
+        for config in PEER_CONFIGS:
+            key = (config.processes, config.concurrency or 64)
+            row = [
+                f"{config.system} {versions[config.package] or ''}".strip(),
+                config.setup,
+                str(config.processes),
+                str(config.concurrency or "unlimited"),
+            ]
+            missing = [p for p in (config.package, *config.needs) if versions[p] is None]
+            if missing:
+                rows.append([*row, f"not run: {', '.join(missing)} not in {BENCH_VENV}", "", ""])
+                continue
+            try:
+                rates = [
+                    (await self._peer_run(config.script, config.arguments()))["jobs_per_s"]
+                    for _ in range(self.runs)
+                ]
+            except PeerError as ex:
+                rows.append([*row, f"failed: {ex}", "", ""])
+                continue
+            median = statistics.median(rates)
+            ratios = [
+                f"{triobus[key] / median:.2f}" if key in triobus else "n/a"
+                for triobus in (phase, self.throughput_rates)
+            ]
+            rows.append([*row, summary(rates), *ratios])
+        self.section(
+            f"Peers: {PEER_JOBS:,} no-op jobs, processing phase (enqueued first; timed from"
+            " starting the connected, idle worker processes until all jobs are done)",
+            [
+                "system",
+                "set-up",
+                "worker processes",
+                "concurrency (per process)",
+                "jobs/s, median (min-max)",
+                "triobus ÷ peer, processing phase",
+                "triobus ÷ peer, throughput scenario",
+            ],
+            rows,
+            PEERS_NOTE,
+        )
+        await self.pgbench(max(phase.values()))
+
+    async def _triobus_phase(self, processes: int, concurrency: int) -> float:
+        """Seconds from starting gated workers on an already created batch to on_complete."""
+        done = trio.Event()
+
+        async def on_complete(batch: BatchMetadata) -> None:
+            done.set()
+
+        async with self.database() as dsn, open_runtime(dsn, migrate=False) as runtime:
+            await runtime.bus.create_batch("bench", noop_batch(PEER_JOBS), on_complete=on_complete)
+            async with worker_processes(dsn, "bench", processes, concurrency, True) as workers:
+                started = time.perf_counter()
+                for process in workers:
+                    assert process.stdin is not None
+                    await process.stdin.send_all(b"go\n")
+                with trio.fail_after(600):
+                    await done.wait()
+                return time.perf_counter() - started
+
+    async def _peer_run(
+        self, script: str, arguments: Sequence[str], python: Path | None = None
+    ) -> dict[str, Any]:
+        """Run one peer script on a fresh empty database; its JSON result line."""
+        python = python or BENCH_VENV / "bin" / "python"
+        async with self.database(migrated=False) as dsn:
+            argv = [str(python), str(PEERS / script), uri_dsn(dsn), *arguments]
+            print(f"  {script} {' '.join(arguments)}", flush=True)
+            try:
+                with trio.fail_after(PEER_DEADLINE):
+                    result = await trio.run_process(
+                        argv, capture_stdout=True, capture_stderr=True, check=False
+                    )
+            except trio.TooSlowError:
+                raise PeerError(f"no result within {PEER_DEADLINE:.0f} s") from None
+        if result.returncode != 0:
+            sys.stderr.buffer.write(result.stderr)
+            last = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            raise PeerError(f"exit {result.returncode}: {' '.join(last)[:200]}")
+        line = result.stdout.decode().strip().splitlines()[-1]
+        print(f"    {line}", flush=True)
+        parsed: dict[str, Any] = json.loads(line)
+        return parsed
+
+    async def pgbench(self, triobus_best: float) -> None:
+        program = find_pgbench()
+        rows = []
+        for batch in (25, 100):
+            for clients in (1, 2, 4, 8):
+                row = [str(batch), str(clients)]
+                if program is None:
+                    rows.append([*row, "not run: no pgbench program found", ""])
+                    continue
+                arguments = [program, "--jobs", str(PEER_JOBS), "--batch", str(batch)]
+                arguments += ["--clients", str(clients)]
+                try:
+                    rates = [
+                        (await self._peer_run("pgbench_peer.py", arguments, Path(sys.executable)))[
+                            "jobs_per_s"
+                        ]
+                        for _ in range(self.runs)
+                    ]
+                except PeerError as ex:
+                    rows.append([*row, f"failed: {ex}", ""])
+                    continue
+                median = statistics.median(rates)
+                rows.append([*row, summary(rates), f"{triobus_best / median:.2f}"])
+        self.section(
+            f"SQL ceiling (pgbench): {PEER_JOBS:,} rows; claim a batch with FOR UPDATE SKIP"
+            " LOCKED, then mark it done with one multi-row update plus a log row per job",
+            [
+                "batch (rows per claim)",
+                "pgbench clients",
+                "jobs/s, median (min-max)",
+                "triobus ÷ ceiling (best triobus processing phase)",
+            ],
+            rows,
+            PGBENCH_NOTE.format(program=await pgbench_version(program)),
+        )
+
+
+class PeerError(Exception):
+    """A peer run failed or gave no result; its table row says so."""
+
+
+@attrs.frozen
+class PeerConfig:
+    """One row of the peers table: a peer script in benchmarks/peers/ and its settings."""
+
+    system: str
+    package: str  # its distribution in the benchmark environment; the version is shown
+    script: str
+    setup: str
+    processes: int
+    concurrency: int  # per worker process; 0: unlimited
+    extra: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # other distributions the script imports
+
+    def arguments(self) -> list[str]:
+        return [
+            "--jobs",
+            str(PEER_JOBS),
+            "--processes",
+            str(self.processes),
+            "--concurrency",
+            str(self.concurrency),
+            *self.extra,
+        ]
+
+
+def _pgqueuer(setup: str, processes: int, concurrency: int, batch: int, *extra: str) -> PeerConfig:
+    needs = ("asyncpg", "uvloop") if "asyncpg" in extra else ()
+    return PeerConfig(
+        "PgQueuer",
+        "pgqueuer",
+        "pgqueuer_peer.py",
+        f"{setup}, batch {batch}",
+        processes,
+        concurrency,
+        ("--batch-size", str(batch), *extra),
+        needs,
+    )
+
+
+_ASYNCPG = ("--driver", "asyncpg", "--uvloop")
+PEER_CONFIGS = (
+    _pgqueuer("asyncpg + uvloop, its defaults", 1, 0, 10, *_ASYNCPG),
+    _pgqueuer("asyncpg + uvloop, its defaults", 2, 0, 10, *_ASYNCPG),
+    _pgqueuer("asyncpg + uvloop", 1, 0, 32, *_ASYNCPG),
+    _pgqueuer("asyncpg + uvloop", 1, 16, 8, *_ASYNCPG),
+    _pgqueuer("asyncpg + uvloop", 1, 64, 10, *_ASYNCPG),
+    _pgqueuer("asyncpg + uvloop", 1, 64, 32, *_ASYNCPG),
+    _pgqueuer("psycopg async, asyncio loop", 1, 0, 10, "--driver", "psycopg"),
+    PeerConfig(
+        "Procrastinate",
+        "procrastinate",
+        "procrastinate_peer.py",
+        "psycopg pool (its default), one job per fetch",
+        1,
+        16,
+    ),
+    PeerConfig(
+        "Procrastinate",
+        "procrastinate",
+        "procrastinate_peer.py",
+        "psycopg pool (its default), one job per fetch",
+        1,
+        64,
+    ),
+)
+
+PEERS_NOTE = """\
+Each run uses a fresh database. Peers run in the separate environment .venv-bench
+(benchmarks/peers/pgqueuer_peer.py, procrastinate_peer.py): the jobs are enqueued in bulk,
+the worker processes start, connect and wait; the clock runs from telling them to go until
+the last one has drained the queue (PgQueuer: `QueueManager.run(mode=drain)` returned, so
+its buffered completions are flushed; Procrastinate: `run_worker_async(wait=False)`
+returned). PgQueuer's batch is its dequeue batch size (at most half of
+`max_concurrent_tasks`); its default is 10 with unlimited concurrency. triobus rows: the
+batch is created first, then gated worker processes start claiming (benchmarks/
+worker_process.py ... gated) and the clock stops at on_complete in this process. The ratio
+columns divide triobus's median at the same worker processes and concurrency (64 for
+"unlimited") by the peer's: from the triobus rows above (processing phase, the same method)
+and from the throughput scenario (create_batch → on_complete, creation included: not the
+same method; n/a when that scenario was not run). triobus also writes an audit trail and
+batch counters that the peers do not."""
+
+PGBENCH_NOTE = """\
+benchmarks/peers/pgbench_peer.py with {program}, prepared statements: a plain
+jobs table (partial index on the open rows) and a log table; each round is two autocommit
+transactions, a claim (UPDATE ... FROM (SELECT ... ORDER BY id LIMIT batch FOR UPDATE SKIP
+LOCKED) RETURNING id) and a completion (multi-row UPDATE of those ids + INSERT of one log
+row each); every client does the same number of rounds. jobs/s is pgbench's rate without
+connection set-up times the batch. No Python, no handler, no NOTIFY: the database's ceiling
+for this shape of work on this machine."""
+
+
+def uri_dsn(dsn: str) -> str:
+    """`dsn` (a URI or key=value string) as a URI: asyncpg accepts only URIs."""
+    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    dbname = quote(params.pop("dbname", ""), safe="")
+    auth = user + (":" + quote(password, safe="") if password is not None else "")
+    query = urlencode(params)
+    return f"postgresql://{auth}{'@' if auth else ''}/{dbname}" + (f"?{query}" if query else "")
+
+
+async def installed_versions(python: Path, packages: Sequence[str]) -> dict[str, str | None]:
+    """The versions of `packages` in the environment of `python`; None where missing."""
+    if not await trio.Path(python).exists():
+        return dict.fromkeys(packages)
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print(p, m.version(p))\n"
+        "    except m.PackageNotFoundError:\n"
+        "        print(p, '-')\n"
+    )
+    result = await trio.run_process(
+        [str(python), "-c", code, *packages], capture_stdout=True, check=False
+    )
+    found = dict(line.split() for line in result.stdout.decode().splitlines())
+    return {p: None if found.get(p, "-") == "-" else found[p] for p in packages}
+
+
+async def pgbench_version(program: str | None) -> str:
+    if program is None:
+        return "no pgbench"
+    result = await trio.run_process([program, "--version"], capture_stdout=True, check=False)
+    return result.stdout.decode().strip() or program
+
+
+def find_pgbench() -> str | None:
+    """pgbench beside the server binaries the suite uses, else on PATH or a system install."""
+    candidates = []
+    with suppress(EmbeddedPostgresError):
+        candidates.append(str(find_postgres_bin_dir() / "pgbench"))
+    candidates.append(shutil.which("pgbench") or "")
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), reverse=True)
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
 
 def _first_words(query: str) -> str:
     words = " ".join(query.split())
@@ -349,7 +669,10 @@ def machine() -> str:
     )
 
 
-async def main(runs: int, long: bool) -> None:
+SCENARIOS = ("throughput", "cost", "latency", "callback", "create_batch", "memory", "peers")
+
+
+async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None:
     async with AsyncExitStack() as stack:
         dsn = os.environ.get("TRIOBUS_DSN")
         if not dsn:
@@ -366,33 +689,42 @@ async def main(runs: int, long: bool) -> None:
         finally:
             await conn.close()
         bench = Bench(dsn, runs)
-        scenarios: list[Callable[[], Any]] = [
-            bench.throughput,
-            bench.cost_per_command,
-            bench.latency,
-            bench.callback_latency,
-            bench.create_batch,
-        ]
-        if long:
-            scenarios.append(bench.memory)
-        for scenario in scenarios:
-            await scenario()
+        scenarios: dict[str, Callable[[], Any]] = {
+            "throughput": bench.throughput,
+            "cost": bench.cost_per_command,
+            "latency": bench.latency,
+            "callback": bench.callback_latency,
+            "create_batch": bench.create_batch,
+            "memory": bench.memory,
+            "peers": bench.peers,
+        }
+        for name, scenario in scenarios.items():
+            if name in only if only else (name != "memory" or long):
+                await scenario()
     header = [
         "# triobus benchmark results",
         "",
         f"- machine: {machine()}",
         f"- PostgreSQL {version}: " + ", ".join(f"{s['name']}={s['setting']}" for s in settings),
-        f"- command: `python benchmarks/run.py --runs {runs}{' --long' if long else ''}`"
-        f" ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+        f"- command: `python {' '.join(sys.argv)}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         f"- medians of {runs} runs with min-max where marked; client and server share the machine",
     ]
-    RESULTS.write_text("\n".join(header) + "\n\n" + "\n\n".join(bench.sections) + "\n")
-    print(f"\nwrote {RESULTS}")
+    await trio.Path(output).write_text(
+        "\n".join(header) + "\n\n" + "\n\n".join(bench.sections) + "\n"
+    )
+    print(f"\nwrote {output}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--long", action="store_true", help="also the 1M-command memory run")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="default: %(default)s")
     options = parser.parse_args()
-    trio.run(main, options.runs, options.long)
+    only = [name for name in options.only.split(",") if name]
+    if unknown := set(only) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    trio.run(main, options.runs, options.long, only, options.output)

@@ -1,7 +1,9 @@
-"""A benchmark worker process: python worker_process.py DSN DOMAIN CONCURRENCY
+"""A benchmark worker process: python worker_process.py DSN DOMAIN CONCURRENCY [gated]
 
 Runs a no-op handler for command type "Noop" in DOMAIN; prints "ready" when claiming and
 "rss <bytes>" each time it reads a line "rss" on standard input; runs until killed.
+With "gated", it prints "ready" once its runtime is open and starts claiming only when it
+reads a line "go" (the peers scenario times the processing phase from there).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-async def main(dsn: str, domain: str, concurrency: int) -> None:
+async def main(dsn: str, domain: str, concurrency: int, gated: bool) -> None:
     registry = HandlerRegistry()
 
     @registry.handler(domain, "Noop")
@@ -26,9 +28,18 @@ async def main(dsn: str, domain: str, concurrency: int) -> None:
         return None
 
     async with open_runtime(dsn, registry=registry, migrate=False) as runtime:
-        await runtime.start_worker(domain, concurrency=concurrency)
-        print("ready", flush=True)
         stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+        if gated:
+            print("ready", flush=True)
+            line = bytearray()
+            while not line.endswith(b"\n"):
+                byte = await stdin.receive_some(1)
+                if not byte:
+                    return
+                line += byte
+        await runtime.start_worker(domain, concurrency=concurrency)
+        if not gated:
+            print("ready", flush=True)
         async for chunk in stdin:
             for _ in chunk.decode().split():
                 print(f"rss {rss_bytes()}", flush=True)
@@ -36,4 +47,4 @@ async def main(dsn: str, domain: str, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["gated"])
