@@ -14,6 +14,7 @@ workers, ackers and the runtime never see it. The actor then ends: one invocatio
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
@@ -131,10 +132,8 @@ class BatchActor:
                 async with self._pool.connection() as conn:
                     batch = await select_batch(conn, self.domain, self.batch_id)
             except DatabaseError as ex:
-                logger.warning(
-                    "batch %s: could not read its state, retrying: %s", self.batch_id, ex
-                )
-                await trio.sleep(delay)
+                self._pool.outage.report(ex, f"batch {self.batch_id}: could not read its state")
+                await trio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
                 continue
             self.reads += 1

@@ -120,7 +120,7 @@ class BatchSupervisor:
             async with self._pool.connection() as conn:
                 final = await select_final_batches(conn, keys)
         except DatabaseError as ex:
-            logger.warning("batch reconciliation failed, will retry: %s", ex)
+            self._pool.outage.report(ex, "batch reconciliation failed, will retry")
             return 0
         for key in final:
             actor = self._actors.get(key)

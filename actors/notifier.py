@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import trio
 
-from triobus.persistence.driver import Connection, DriverKind, connect
+from triobus.persistence.driver import Connection, DriverKind, Outage, connect
 from triobus.persistence.errors import DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,10 @@ _IDLE_WAIT = 30.0
 class Notifier:
     """Owns one LISTEN connection; fans (channel, payload) hints out to subscribers."""
 
-    def __init__(self, dsn: str, driver: DriverKind) -> None:
+    def __init__(self, dsn: str, driver: DriverKind, outage: Outage) -> None:
         self._dsn = dsn
         self._driver = driver
+        self._outage = outage
         self._subscribers: dict[tuple[str, str], set[trio.MemorySendChannel[None]]] = {}
         self.reconnects = 0
 
@@ -77,13 +78,14 @@ class Notifier:
                     for note in await conn.wait_notifications(_IDLE_WAIT):
                         self.wake(note.channel, note.payload)
             except DatabaseUnavailableError as ex:
-                logger.warning("notifier lost its connection (%s); reconnecting", ex)
+                self._outage.report(ex, "the notifier lost its connection")
             finally:
                 with trio.CancelScope(shield=True):
                     await conn.close()
             conn = await self._reconnect()
             self.reconnects += 1
-            logger.warning("notifier reconnected; waking every subscriber")
+            self._outage.recovered()
+            logger.info("notifier reconnected; waking every subscriber")
             self._wake_everyone()
 
     async def _listen(self) -> Connection:
@@ -103,7 +105,8 @@ class Notifier:
             await trio.sleep(delay * random.uniform(0.5, 1.5))
             try:
                 return await self._listen()
-            except DatabaseUnavailableError:
+            except DatabaseUnavailableError as ex:
+                self._outage.report(ex, "the notifier could not reconnect")
                 delay = min(delay * 2, 5.0)
 
 

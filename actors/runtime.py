@@ -243,7 +243,7 @@ async def open_runtime(
             pool = await stack.enter_async_context(open_pool(dsn, driver=kind, max_size=pool_size))
             await stack.enter_async_context(trio_asyncio.open_loop())  # for asyncio handlers
             async with trio.open_nursery() as nursery:
-                notifier = Notifier(dsn, kind)
+                notifier = Notifier(dsn, kind, pool.outage)
                 await nursery.start(notifier.run)
                 batches = BatchSupervisor(
                     pool,

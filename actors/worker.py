@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from typing import Any
@@ -150,7 +151,7 @@ def outcome_of(
     policy: RetryPolicy,
     *,
     value: object = None,
-    error: Exception | None = None,
+    error: BaseException | None = None,
     timed_out: bool = False,
 ) -> HandlerResult:
     """Map what a handler did to its outcome (ARCHITECTURE §7), in one place.
@@ -325,10 +326,13 @@ class Worker:
                         visibility_timeout=self.visibility_timeout,
                         default_max_attempts=self.retry_policy.max_attempts,
                     )
-        except (DatabaseError, trio.TooSlowError) as ex:
-            reason = str(ex) or f"no answer within {_CLAIM_TIMEOUT:.0f} s"
-            self._counters.last_error = f"claim failed: {reason}"
-            logger.warning("worker %r could not claim: %s", self.domain, reason)
+        except DatabaseError as ex:
+            self._counters.last_error = f"claim failed: {ex}"
+            self._pool.outage.report(ex, f"worker {self.domain!r} could not claim")
+            return []
+        except trio.TooSlowError:
+            self._counters.last_error = f"claim failed: no answer within {_CLAIM_TIMEOUT:.0f} s"
+            logger.warning("worker %r: %s", self.domain, self._counters.last_error)
             return []
         self._counters.claim_statements += 1
         for claim in claimed:
@@ -407,7 +411,8 @@ class Worker:
                     value = await trio_asyncio.aio_as_trio(handler.fn)(command, context)
                 else:
                     value = await handler.fn(command, context)
-        except Exception as ex:
+        except BaseException as ex:  # however a handler fails, it is its command's failure
+            await trio.lowlevel.checkpoint_if_cancelled()  # unless this worker is stopping
             return outcome_of(claim, max_attempts, self.retry_policy, error=ex)
         if scope is not None and scope.cancelled_caught:
             return outcome_of(claim, max_attempts, self.retry_policy, timed_out=True)
@@ -488,8 +493,8 @@ class Worker:
                     return await ack_if_claimed(conn, batch)
             except DatabaseUnavailableError as ex:
                 self._counters.last_error = f"ack failed: {ex}"
-                logger.warning("worker %r could not write results, retrying: %s", self.domain, ex)
-                await trio.sleep(delay)
+                self._pool.outage.report(ex, f"worker {self.domain!r} could not write results")
+                await trio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
             except DatabaseError as ex:
                 if len(batch) == 1:
@@ -523,7 +528,7 @@ class Worker:
                     )
             except DatabaseError as ex:
                 self._counters.last_error = f"heartbeat failed: {ex}"
-                logger.warning("worker %r could not extend leases: %s", self.domain, ex)
+                self._pool.outage.report(ex, f"worker {self.domain!r} could not extend leases")
 
     async def _release_unacknowledged(self) -> None:
         claims = list(self._in_flight.values())

@@ -463,19 +463,52 @@ async def connect(dsn: str, driver: DriverKind = DriverKind.NATIVE) -> Connectio
 
 @attrs.frozen
 class PoolStatistics:
-    """A snapshot of a pool. `open` counts idle and in-use connections."""
+    """A snapshot of a pool. `open` counts idle and in-use connections; `outages` counts
+    the times the database became unreachable (see `Outage`)."""
 
     max_size: int
     open: int
     idle: int
     connects: int
     discarded: int
+    outages: int
 
 
 @attrs.frozen
 class _Idle:
     conn: Connection
     released: float
+
+
+class Outage:
+    """Whether the database is reachable, shared by everything that uses one pool, so an
+    outage is logged once when it starts and once when it ends, however many tasks meet it.
+    """
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # trio.current_time() when the outage began
+        self.count = 0
+
+    def report(self, error: DatabaseError, doing: str) -> None:
+        """Log `error`, met while `doing`: an unreachable database once per outage,
+        any other error every time."""
+        if not isinstance(error, DatabaseUnavailableError):
+            logger.warning("%s: %s", doing, error)
+        elif self.since is None:
+            self.since = trio.current_time()
+            self.count += 1
+            logger.warning(
+                "database unavailable (%s: %s); retrying with back-off and jitter", doing, error
+            )
+        else:
+            logger.debug("%s: %s", doing, error)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            logger.warning(
+                "database reachable again after %.1f s", trio.current_time() - self.since
+            )
+            self.since = None
 
 
 class ConnectionPool:
@@ -513,6 +546,7 @@ class ConnectionPool:
         self._connects = 0
         self._discarded = 0
         self._closed = False
+        self.outage = Outage()
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
@@ -521,6 +555,7 @@ class ConnectionPool:
             idle=len(self._idle),
             connects=self._connects,
             discarded=self._discarded,
+            outages=self.outage.count,
         )
 
     @asynccontextmanager
@@ -532,8 +567,12 @@ class ConnectionPool:
             conn = await self._take()
             try:
                 yield conn
+            except DatabaseUnavailableError:
+                await self._discard_idle()  # opened before the loss: most likely lost too
+                raise
             finally:
                 await self._give_back(conn)
+            self.outage.recovered()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -544,8 +583,12 @@ class ConnectionPool:
     async def aclose(self) -> None:
         """Close idle connections; connections still lent are closed when returned."""
         self._closed = True
-        while self._idle:
-            await self._discard(self._idle.pop().conn)
+        await self._discard_idle()
+
+    async def _discard_idle(self) -> None:
+        with trio.CancelScope(shield=True):
+            while self._idle:
+                await self._discard(self._idle.pop().conn)
 
     async def _take(self) -> Connection:
         now = time.monotonic()
@@ -585,13 +628,10 @@ class ConnectionPool:
                     raise DatabaseUnavailableError(
                         f"could not connect after {attempt} attempts: {ex}", sqlstate=ex.sqlstate
                     ) from ex
-                if attempt == 1:
-                    logger.warning("database unavailable, retrying with back-off: %s", ex)
+                self.outage.report(ex, "connecting")
                 await trio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 2.0)
             else:
-                if attempt > 1:
-                    logger.warning("database reachable again after %d attempts", attempt)
                 self._connects += 1
                 self._open += 1
                 return conn

@@ -238,12 +238,14 @@ def _postmaster_pid(data: Path) -> int | None:
         return None
 
 
-async def _initdb_and_start(
-    runner: _Runner, bin_dir: Path, root: Path, server_options: list[str]
-) -> None:
-    data, log = root / "data", root / "server.log"
+async def _initdb(runner: _Runner, bin_dir: Path, root: Path) -> None:
     initdb = ["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
+    data = root / "data"
     await runner.run("initdb", [bin_dir / "initdb", "-D", data, *initdb, "--no-instructions"])
+
+
+async def _start(runner: _Runner, bin_dir: Path, root: Path, server_options: list[str]) -> None:
+    data, log = root / "data", root / "server.log"
     options = ["-c", "listen_addresses=", "-k", str(root / "socket"), *server_options]
     quoted = " ".join(f"'{option}'" for option in options)  # pg_ctl hands -o to a shell
     start: list[str | Path] = [bin_dir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "30"]
@@ -255,6 +257,22 @@ async def _initdb_and_start(
         raise EmbeddedPostgresError(f"{ex}\nserver log:\n{log_tail}") from None
 
 
+@attrs.define
+class EmbeddedCluster:
+    """A running embedded cluster: its `dsn`, and `restart()` to play a server restart."""
+
+    dsn: str
+    _runner: _Runner
+    _bin_dir: Path
+    _root: Path
+    _server_options: list[str]
+
+    async def restart(self) -> None:
+        """Fast shutdown (clients are disconnected), then start again on the same data."""
+        await _stop(self._runner, self._bin_dir, self._root / "data")
+        await _start(self._runner, self._bin_dir, self._root, self._server_options)
+
+
 @contextlib.asynccontextmanager
 async def open_embedded_postgres(
     *, settings: Mapping[str, str] | None = None
@@ -263,6 +281,15 @@ async def open_embedded_postgres(
 
     `settings` are extra server settings, e.g. `{"fsync": "off"}` for tests.
     """
+    async with open_embedded_cluster(settings=settings) as cluster:
+        yield cluster.dsn
+
+
+@contextlib.asynccontextmanager
+async def open_embedded_cluster(
+    *, settings: Mapping[str, str] | None = None
+) -> AsyncIterator[EmbeddedCluster]:
+    """`open_embedded_postgres`, yielding the cluster itself (tests restart it)."""
     server_options = _check_settings(settings or {})
     bin_dir = find_postgres_bin_dir()
     owner = _server_owner()
@@ -271,11 +298,13 @@ async def open_embedded_postgres(
     runner = _Runner(root, owner)
     try:
         bin_dir = _prepare(root, bin_dir, owner)
-        await _initdb_and_start(runner, bin_dir, root, server_options)
+        await _initdb(runner, bin_dir, root)
+        await _start(runner, bin_dir, root, server_options)
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled while starting: stop it
         elapsed = time.monotonic() - started
         logger.info("embedded PostgreSQL started in %.2f s from %s", elapsed, bin_dir)
-        yield f"postgresql://postgres@/postgres?host={quote(str(root / 'socket'), safe='/')}"
+        dsn = f"postgresql://postgres@/postgres?host={quote(str(root / 'socket'), safe='/')}"
+        yield EmbeddedCluster(dsn, runner, bin_dir, root, server_options)
     finally:
         with trio.CancelScope(shield=True):
             await _stop(runner, bin_dir, root / "data")

@@ -1,0 +1,313 @@
+"""The fault campaign: a batch runs while workers are SIGKILLed, PostgreSQL restarts, or
+backends are terminated; afterwards nothing may be lost or doubled.
+
+    python tests/soak/campaign.py [--trials 20] [--commands 5000] [--faults 3]
+
+(run it with the project's environment: `.venv/bin/python tests/soak/campaign.py`). The
+test suite runs each scenario once on a small batch (tests/integration/test_faults.py).
+Every trial checks, against the database: every command COMPLETED, exactly one terminal
+audit event and exactly one reply per command, the batch COMPLETED with exact counts and
+exactly one BATCH_COMPLETED event; and in the creating process, the callback exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+from triobus.actors import (
+    BatchCommand,
+    BatchMetadata,
+    Command,
+    HandlerContext,
+    HandlerRegistry,
+    Runtime,
+    open_runtime,
+)
+from triobus.persistence.databases import create_database, drop_database
+from triobus.persistence.driver import connect
+from triobus.persistence.embedded import EmbeddedCluster, open_embedded_cluster
+from triobus.persistence.schema import migrate
+
+WORKER_SCRIPT = Path(__file__).parent.parent / "integration" / "worker_process.py"
+DOMAIN = "d"
+REPLIES = "campaign-replies"
+TERMINAL_EVENTS = ("COMPLETED", "FAILED", "BUSINESS_RULE_FAILED", "OPERATOR_CANCEL")
+
+
+@attrs.frozen
+class TrialResult:
+    scenario: str
+    commands: int
+    faults: int
+    seconds: float
+    callbacks: int
+    outages_logged: int | None
+    problems: list[str]
+
+
+def registry() -> HandlerRegistry:
+    handlers = HandlerRegistry()
+
+    @handlers.handler(DOMAIN, "Work")
+    async def work(command: Command, ctx: HandlerContext) -> dict[str, int]:
+        return {"attempt": ctx.attempt}
+
+    return handlers
+
+
+async def check_exactly_once(dsn: str, batch_id: uuid.UUID, expected: int) -> list[str]:
+    """Everything a trial must leave behind; returns what is wrong (empty when all is well)."""
+    conn = await connect(dsn)
+    try:
+        problems = []
+        for what, sql, params in [
+            (
+                "commands not COMPLETED",
+                "SELECT count(*) AS n FROM triobus.command"
+                " WHERE batch_id = %s AND status <> 'COMPLETED'",
+                (batch_id,),
+            ),
+            (
+                "commands without exactly one terminal audit event",
+                "SELECT count(*) AS n FROM triobus.command c WHERE c.batch_id = %s AND"
+                " (SELECT count(*) FROM triobus.audit a WHERE a.domain = c.domain"
+                "  AND a.subject_id = c.command_id AND a.event_type = ANY(%s)) <> 1",
+                (batch_id, list(TERMINAL_EVENTS)),
+            ),
+            (
+                "commands without exactly one reply",
+                "SELECT count(*) AS n FROM triobus.command c WHERE c.batch_id = %s AND"
+                " (SELECT count(*) FROM triobus.reply r WHERE r.domain = c.domain"
+                "  AND r.command_id = c.command_id) <> 1",
+                (batch_id,),
+            ),
+            (
+                "BATCH_COMPLETED events other than one",
+                "SELECT abs(count(*) - 1) AS n FROM triobus.audit"
+                " WHERE subject_id = %s AND event_type = 'BATCH_COMPLETED'",
+                (batch_id,),
+            ),
+        ]:
+            row = await conn.fetch_one(sql, params)
+            if row is None or row["n"] != 0:
+                problems.append(f"{what}: {row['n'] if row else '?'}")
+        batch = await conn.fetch_one(
+            "SELECT status, total_count, completed_count FROM triobus.batch WHERE batch_id = %s",
+            (batch_id,),
+        )
+        if batch != {"status": "COMPLETED", "total_count": expected, "completed_count": expected}:
+            problems.append(f"batch row: {batch}")
+        return problems
+    finally:
+        await conn.close()
+
+
+async def run_batch(
+    runtime: Runtime,
+    dsn: str,
+    commands: int,
+    fault_points: list[float],
+    inject: Callable[[], Awaitable[None]],
+    scenario: str,
+) -> TrialResult:
+    """Create the batch, call `inject` each time progress passes a fault point, wait for
+    the callback, then check everything."""
+    calls: list[BatchMetadata] = []
+    done = trio.Event()
+
+    async def on_complete(batch: BatchMetadata) -> None:
+        calls.append(batch)
+        done.set()
+
+    started = time.monotonic()
+    batch_id = await runtime.bus.create_batch(
+        DOMAIN,
+        [BatchCommand("Work", uuid.uuid4(), {}, reply_to=REPLIES) for _ in range(commands)],
+        on_complete=on_complete,
+    )
+    with trio.fail_after(300):
+        for point in sorted(fault_points):
+            await progress_reaches(dsn, batch_id, int(point * commands))
+            await inject()
+        await done.wait()
+    seconds = time.monotonic() - started
+    problems = await check_exactly_once(dsn, batch_id, commands)
+    outages = runtime.pool.statistics().outages
+    faults = len(fault_points)
+    return TrialResult(scenario, commands, faults, seconds, len(calls), outages, problems)
+
+
+async def progress_reaches(dsn: str, batch_id: uuid.UUID, done: int) -> None:
+    """Poll (on a fresh connection each time: backends get terminated) until `done`
+    commands of the batch are terminal."""
+    while True:
+        try:
+            conn = await connect(dsn)
+            try:
+                row = await conn.fetch_one(
+                    "SELECT completed_count FROM triobus.batch WHERE batch_id = %s", (batch_id,)
+                )
+            finally:
+                await conn.close()
+            if row is not None and row["completed_count"] >= done:
+                return
+        except Exception:  # the server is restarting: ask again
+            pass
+        await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def worker_process(dsn: str, concurrency: int = 16) -> AsyncIterator[trio.Process]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(WORKER_SCRIPT), dsn, DOMAIN, "outcome", str(concurrency)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(1)
+            if not chunk:
+                raise RuntimeError("worker process ended before it was ready")
+            line += chunk
+        yield process
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def sigkill_trial(dsn: str, commands: int, faults: int, rng: random.Random) -> TrialResult:
+    """Worker processes are SIGKILLed at random points of the batch; a fresh one follows."""
+    async with open_runtime(dsn, migrate=False, batch_reconcile_interval=0.5) as runtime:
+        current: list[trio.Process] = []
+        async with trio.open_nursery() as nursery:
+
+            async def start_one() -> None:
+                async def run(task_status: trio.TaskStatus[None]) -> None:
+                    async with worker_process(dsn) as process:
+                        current.append(process)
+                        task_status.started()
+                        await process.wait()
+
+                await nursery.start(run)
+
+            async def kill_and_replace() -> None:
+                current.pop().kill()
+                await start_one()
+
+            await start_one()
+            result = await run_batch(
+                runtime,
+                dsn,
+                commands,
+                [rng.uniform(0.05, 0.95) for _ in range(faults)],
+                kill_and_replace,
+                "SIGKILL a worker process",
+            )
+            nursery.cancel_scope.cancel()
+    return result
+
+
+async def restart_trial(
+    cluster: EmbeddedCluster, dsn: str, commands: int, faults: int, rng: random.Random
+) -> TrialResult:
+    """PostgreSQL is restarted (fast shutdown, start) at random points of the batch."""
+    async with open_runtime(
+        dsn, registry=registry(), migrate=False, batch_reconcile_interval=0.5
+    ) as runtime:
+        for _ in range(2):
+            await runtime.start_worker(DOMAIN, concurrency=16, poll_interval=0.5)
+        return await run_batch(
+            runtime,
+            dsn,
+            commands,
+            [rng.uniform(0.05, 0.95) for _ in range(faults)],
+            cluster.restart,
+            "restart PostgreSQL (fast shutdown)",
+        )
+
+
+async def terminate_trial(dsn: str, commands: int, faults: int, rng: random.Random) -> TrialResult:
+    """Every backend of the database but the killer's (workers', acker's, notifier's) is
+    terminated with pg_terminate_backend at random points of the batch."""
+
+    async def terminate_all() -> None:
+        conn = await connect(dsn)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+
+    async with open_runtime(
+        dsn, registry=registry(), migrate=False, batch_reconcile_interval=0.5
+    ) as runtime:
+        for _ in range(2):
+            await runtime.start_worker(DOMAIN, concurrency=16, poll_interval=0.5)
+        return await run_batch(
+            runtime,
+            dsn,
+            commands,
+            [rng.uniform(0.05, 0.95) for _ in range(faults)],
+            terminate_all,
+            "pg_terminate_backend of every backend",
+        )
+
+
+@asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    name = f"campaign_{uuid.uuid4().hex[:12]}"
+    dsn = await create_database(admin_dsn, name)
+    try:
+        await migrate(dsn)
+        yield dsn
+    finally:
+        await drop_database(admin_dsn, name)
+
+
+async def main(trials: int, commands: int, faults: int, seed: int) -> int:
+    rng = random.Random(seed)
+    results: list[TrialResult] = []
+    async with open_embedded_cluster(settings={"fsync": "off"}) as cluster:
+        for trial in range(trials):
+            for scenario in ("sigkill", "restart", "terminate"):
+                async with fresh_database(cluster.dsn) as dsn:
+                    if scenario == "sigkill":
+                        result = await sigkill_trial(dsn, commands, faults, rng)
+                    elif scenario == "restart":
+                        result = await restart_trial(cluster, dsn, commands, faults, rng)
+                    else:
+                        result = await terminate_trial(dsn, commands, faults, rng)
+                results.append(result)
+                print(
+                    f"trial {trial + 1:2d} {result.scenario:40s} {result.seconds:6.1f} s"
+                    f" callbacks={result.callbacks} outages={result.outages_logged}"
+                    f" problems={result.problems or 'none'}",
+                    flush=True,
+                )
+    failed = [r for r in results if r.problems or r.callbacks != 1]
+    print(f"\n{len(results)} trials, {len(failed)} with problems (seed {seed})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--commands", type=int, default=5000)
+    parser.add_argument("--faults", type=int, default=3, help="faults per trial")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    sys.exit(trio.run(main, args.trials, args.commands, args.faults, args.seed))
