@@ -33,7 +33,9 @@ def assert_exactly_once(result: TrialResult) -> None:
 
 
 async def test_worker_processes_sigkilled_mid_batch(triobus_dsn: str) -> None:
-    assert_exactly_once(await sigkill_trial(triobus_dsn, 400, 3, random.Random(7)))
+    result = await sigkill_trial(triobus_dsn, 400, 3, random.Random(7))
+    assert_exactly_once(result)
+    assert result.redelivered > 0  # the kills hit claimed commands
 
 
 async def test_postgresql_restarted_mid_batch_logs_one_line_per_outage(

@@ -53,6 +53,7 @@ class TrialResult:
     seconds: float
     callbacks: int
     outages_logged: int | None
+    redelivered: int  # commands claimed more than once: the faults hit work in flight
     problems: list[str]
 
 
@@ -143,9 +144,25 @@ async def run_batch(
         await done.wait()
     seconds = time.monotonic() - started
     problems = await check_exactly_once(dsn, batch_id, commands)
-    outages = runtime.pool.statistics().outages
-    faults = len(fault_points)
-    return TrialResult(scenario, commands, faults, seconds, len(calls), outages, problems)
+    conn = await connect(dsn)
+    try:
+        row = await conn.fetch_one(
+            "SELECT count(*) AS n FROM triobus.command WHERE batch_id = %s AND attempts > 1",
+            (batch_id,),
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return TrialResult(
+        scenario=scenario,
+        commands=commands,
+        faults=len(fault_points),
+        seconds=seconds,
+        callbacks=len(calls),
+        outages_logged=runtime.pool.statistics().outages,
+        redelivered=row["n"],
+        problems=problems,
+    )
 
 
 async def progress_reaches(dsn: str, batch_id: uuid.UUID, done: int) -> None:
@@ -295,6 +312,7 @@ async def main(trials: int, commands: int, faults: int, seed: int) -> int:
                 print(
                     f"trial {trial + 1:2d} {result.scenario:40s} {result.seconds:6.1f} s"
                     f" callbacks={result.callbacks} outages={result.outages_logged}"
+                    f" redelivered={result.redelivered}"
                     f" problems={result.problems or 'none'}",
                     flush=True,
                 )
