@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
@@ -38,6 +38,8 @@ from triobus.persistence.validation import (
     check_max_payload_bytes,
     check_name,
     check_optional_uuid,
+    check_positive_int,
+    check_reply_ids,
     check_seconds,
     check_text,
     check_uuid,
@@ -142,20 +144,31 @@ class CommandBus:
         offset: int = 0,
     ) -> list[CommandMetadata]:
         """Commands matching every given filter, newest first."""
+        checked_domain = None if domain is None else check_name("domain", domain)
+        context = "all domains" if checked_domain is None else f"domain {checked_domain!r}"
         checked_status = None if status is None else _enum("status", CommandStatus, status)
-        checked_limit, checked_offset = check_limit_offset(limit, offset)
-        domain = None if domain is None else check_name("domain", domain)
-        command_type = None if command_type is None else check_name("command_type", command_type)
+        checked_limit, checked_offset = check_limit_offset(limit, offset, context=context)
+        checked_type = (
+            None
+            if command_type is None
+            else check_name("command_type", command_type, context=context)
+        )
+        checked_correlation_id = check_optional_uuid(
+            "correlation_id", correlation_id, context=context
+        )
+        checked_batch_id = check_optional_uuid("batch_id", batch_id, context=context)
+        checked_after = _check_aware("created_after", created_after)
+        checked_before = _check_aware("created_before", created_before)
         async with self._pool.connection() as conn:
             return await commands.select_commands(
                 conn,
-                domain=domain,
+                domain=checked_domain,
                 status=checked_status,
-                command_type=command_type,
-                correlation_id=check_optional_uuid("correlation_id", correlation_id),
-                batch_id=check_optional_uuid("batch_id", batch_id),
-                created_after=_check_aware("created_after", created_after),
-                created_before=_check_aware("created_before", created_before),
+                command_type=checked_type,
+                correlation_id=checked_correlation_id,
+                batch_id=checked_batch_id,
+                created_after=checked_after,
+                created_before=checked_before,
                 limit=checked_limit,
                 offset=checked_offset,
             )
@@ -165,30 +178,26 @@ class CommandBus:
     ) -> list[AuditEvent]:
         """Audit events of a command (or batch), in the order they happened."""
         checked_domain = None if domain is None else check_name("domain", domain)
-        checked_id = check_uuid("command_id", command_id, context=f"domain {checked_domain!r}")
+        context = "all domains" if checked_domain is None else f"domain {checked_domain!r}"
+        checked_id = check_uuid("command_id", command_id, context=context)
         async with self._pool.connection() as conn:
             return await audit.select_audit_trail(conn, checked_id, checked_domain)
 
     async def read_replies(self, queue: str, *, limit: int = 100) -> list[Reply]:
         """Unacknowledged replies of `queue`, oldest first."""
         checked_queue = check_name("queue", queue)
-        checked_limit, _ = check_limit_offset(limit, 0)
+        checked_limit, _ = check_limit_offset(limit, 0, context=f"queue {checked_queue!r}")
         async with self._pool.connection() as conn:
             return await replies.select_replies(conn, checked_queue, limit=checked_limit)
 
     async def ack_replies(self, queue: str, reply_ids: Iterable[int]) -> int:
         """Delete acknowledged replies of `queue`; returns how many were deleted."""
         checked_queue = check_name("queue", queue)
-        ids = list(reply_ids)
-        for reply_id in ids:
-            if not isinstance(reply_id, int) or isinstance(reply_id, bool):
-                raise ValidationError(
-                    f"reply ids must be ints, got {reply_id!r:.80} (queue {checked_queue!r})"
-                )
+        ids = check_reply_ids(reply_ids, context=f"queue {checked_queue!r}")
         async with self._pool.connection() as conn:
             return await replies.delete_replies(conn, checked_queue, ids)
 
-    async def iter_replies(
+    def iter_replies(
         self, queue: str, *, poll_interval: float = 5.0, batch_size: int = 100
     ) -> AsyncIterator[Reply]:
         """Yield each reply of `queue` once, waiting for new ones (NOTIFY, else polling).
@@ -196,11 +205,18 @@ class CommandBus:
         Yielded replies stay stored until `ack_replies`; this iterator does not yield the
         same reply twice, but a new iterator starts again from the oldest unacknowledged.
         Reply ids are not committed in order, so the iterator remembers what it yielded
-        (forgetting what was acknowledged) instead of reading above the last id.
+        (forgetting what was acknowledged) instead of reading above the last id. The
+        arguments are checked by this call, before the first iteration.
         """
         checked_queue = check_name("queue", queue)
-        checked_limit, _ = check_limit_offset(batch_size, 0)
-        poll = check_seconds("poll_interval", poll_interval, context=f"queue {checked_queue!r}")
+        context = f"queue {checked_queue!r}"
+        checked_limit = check_positive_int("batch_size", batch_size, limit=10_000, context=context)
+        poll = check_seconds("poll_interval", poll_interval, context=context)
+        return self._replies_of(checked_queue, poll, checked_limit)
+
+    async def _replies_of(
+        self, checked_queue: str, poll: float, checked_limit: int
+    ) -> AsyncIterator[Reply]:
         yielded: set[int] = set()
         with self._notifier.subscribe(REPLY_CHANNEL, checked_queue) as hints:
             while True:
@@ -253,7 +269,14 @@ class CommandBus:
         )
         if on_complete is not None:
             check_async_callable("on_complete", on_complete, context=context)
-        validated = self._validate_batch_commands(checked_domain, commands, context)
+        if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
+            raise ValidationError(
+                f"commands must be an iterable of BatchCommand, got {type(commands).__name__}"
+                f" ({context})"
+            )
+        validated = self._validate_batch_commands(
+            checked_domain, checked_batch_id, commands, context
+        )
         try:
             async with self._pool.transaction() as conn:
                 await batches.insert_batch(
@@ -275,7 +298,7 @@ class CommandBus:
         return checked_batch_id
 
     def _validate_batch_commands(
-        self, domain: str, commands: Iterable[BatchCommand], context: str
+        self, domain: str, batch_id: UUID, commands: Iterable[BatchCommand], context: str
     ) -> list[NewCommand]:
         validated: list[NewCommand] = []
         seen: set[UUID] = set()
@@ -285,18 +308,21 @@ class CommandBus:
                     f"commands[{index}] must be a BatchCommand, got {type(command).__name__}"
                     f" ({context})"
                 )
-            checked = new_command(
-                domain,
-                command.command_type,
-                command.command_id,
-                command.data,
-                correlation_id=command.correlation_id,
-                reply_to=command.reply_to,
-                max_attempts=command.max_attempts,
-                delay=command.delay,
-                not_before=command.not_before,
-                max_payload_bytes=self.max_payload_bytes,
-            )
+            try:
+                checked = new_command(
+                    domain,
+                    command.command_type,
+                    command.command_id,
+                    command.data,
+                    correlation_id=command.correlation_id,
+                    reply_to=command.reply_to,
+                    max_attempts=command.max_attempts,
+                    delay=command.delay,
+                    not_before=command.not_before,
+                    max_payload_bytes=self.max_payload_bytes,
+                )
+            except ValidationError as ex:
+                raise ValidationError(f"commands[{index}] of batch {batch_id}: {ex}") from None
             if checked.command_id in seen:
                 raise DuplicateCommandError(domain, checked.command_id)
             seen.add(checked.command_id)
@@ -323,7 +349,9 @@ class CommandBus:
         """Batches of `domain`, newest first."""
         checked_domain = check_name("domain", domain)
         checked_status = None if status is None else _enum("status", BatchStatus, status)
-        checked_limit, checked_offset = check_limit_offset(limit, offset)
+        checked_limit, checked_offset = check_limit_offset(
+            limit, offset, context=f"domain {checked_domain!r}"
+        )
         async with self._pool.connection() as conn:
             return await batches.select_batches(
                 conn,

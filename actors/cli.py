@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -26,8 +26,9 @@ import trio
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
 from triobus.persistence.batches import BatchMetadata
-from triobus.persistence.errors import BatchNotFoundError, TriobusError
+from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
 from triobus.persistence.schema import migrate
+from triobus.persistence.validation import check_dsn, check_seconds
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -37,6 +38,18 @@ Action = Callable[[argparse.Namespace, Runtime], Awaitable[Any]]
 
 class UsageError(Exception):
     """A mistake in how the command was called (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage mistake in one line (no usage block); `--help` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
+
+
+def _one_line(message: object) -> str:
+    """A message on one line: libpq's messages carry a second, indented hint line."""
+    return " ".join(str(message).split())
 
 
 def _plain(value: Any) -> Any:
@@ -124,6 +137,8 @@ async def tsq_complete(args: argparse.Namespace, runtime: Runtime) -> None:
         result = None if args.result is None else json.loads(args.result)
     except json.JSONDecodeError as ex:
         raise UsageError(f"--result is not valid JSON: {ex}") from None
+    except RecursionError:
+        raise UsageError("--result is nested too deeply to be read") from None
     await runtime.tsq.operator_complete(
         args.domain, args.command_id, result_data=result, operator=args.operator
     )
@@ -209,8 +224,10 @@ def progress_line(batch: BatchMetadata, rate: float, width: int = 30) -> str:
 
 async def batch_watch(args: argparse.Namespace, runtime: Runtime) -> None:
     """Show progress until the batch completes (a line per update when not on a terminal)."""
-    if not args.interval > 0:
-        raise UsageError(f"--interval must be a number of seconds > 0, got {args.interval}")
+    try:
+        check_seconds("--interval", args.interval)
+    except ValidationError as ex:
+        raise UsageError(str(ex)) from None
     batch = await _existing_batch(args, runtime)
     started, first_done = trio.current_time(), _done(batch)
     live = sys.stdout.isatty() and not args.json
@@ -286,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     def options(default: Any) -> argparse.ArgumentParser:
         # Leaves take the same options with SUPPRESS defaults, so `triobus --json tsq list`
         # and `triobus tsq list --json` both work (a leaf default would overwrite the top's).
-        common = argparse.ArgumentParser(add_help=False)
+        common = _Parser(add_help=False)
         common.add_argument("--dsn", default=default, help=f"PostgreSQL DSN (default: ${DSN_ENV})")
         common.add_argument(
             "--json",
@@ -297,9 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         return common
 
     common = options(argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(
-        prog="triobus", description=__doc__.split("\n")[0], parents=[options(None)]
-    )
+    parser = _Parser(prog="triobus", description=__doc__.split("\n")[0], parents=[options(None)])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def leaf(group: Any, name: str, help_text: str, action: Any) -> argparse.ArgumentParser:
@@ -403,12 +418,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triobus: error: no database: pass --dsn or set {DSN_ENV}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        check_dsn(dsn)  # its messages never quote the DSN, which may hold a password
         trio.run(_dispatch, args, dsn)
     except UsageError as ex:
-        print(f"triobus: error: {ex}", file=sys.stderr)
+        print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
         return EXIT_USAGE
     except TriobusError as ex:
-        print(f"triobus: error: {ex}", file=sys.stderr)
+        print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 

@@ -15,7 +15,7 @@ from uuid import UUID
 import attrs
 
 from triobus.persistence.errors import HandlerAlreadyRegisteredError
-from triobus.persistence.validation import check_async_callable, check_name
+from triobus.persistence.validation import check_async_callable, check_bool, check_name
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +56,7 @@ class Handler:
 def handler(domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
     """Mark a method of a handler class; `HandlerRegistry.register_instance` registers it."""
     key = (check_name("domain", domain), check_name("command_type", command_type))
+    check_bool("asyncio", asyncio, context=f"{key[0]!r}/{key[1]!r}")
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, (key, asyncio))
@@ -75,12 +76,15 @@ class HandlerRegistry:
     ) -> None:
         key = (check_name("domain", domain), check_name("command_type", command_type))
         check_async_callable("handler", fn, context=f"{key[0]!r}/{key[1]!r}")
+        check_bool("asyncio", asyncio, context=f"{key[0]!r}/{key[1]!r}")
         if key in self._handlers:
             raise HandlerAlreadyRegisteredError(*key)
         self._handlers[key] = Handler(fn, asyncio)
 
     def handler(self, domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
-        """Decorator form of `register`."""
+        """Decorator form of `register` (the names are checked by this call)."""
+        key = (check_name("domain", domain), check_name("command_type", command_type))
+        check_bool("asyncio", asyncio, context=f"{key[0]!r}/{key[1]!r}")
 
         def register(fn: F) -> F:
             self.register(domain, command_type, fn, asyncio=asyncio)

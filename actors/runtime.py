@@ -39,6 +39,8 @@ from triobus.persistence.schema import migrate as apply_migrations
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_async_callable,
+    check_bool,
+    check_dsn,
     check_max_payload_bytes,
     check_name,
     check_optional_seconds,
@@ -64,12 +66,15 @@ class RuntimeStatistics:
 
 
 def _driver_from(value: DriverKind | str | None) -> DriverKind:
-    value = value or os.environ.get(DRIVER_ENV) or DriverKind.NATIVE
+    if value is None:
+        value = os.environ.get(DRIVER_ENV) or DriverKind.NATIVE
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)
         return DriverKind(value)
     except ValueError:
         known = ", ".join(DriverKind)
-        raise ValidationError(f"driver {value!r} is not one of {known}") from None
+        raise ValidationError(f"driver {value!r:.80} is not one of {known}") from None
 
 
 class Runtime:
@@ -116,6 +121,10 @@ class Runtime:
         """
         checked_domain = check_name("domain", domain)
         context = f"worker of domain {checked_domain!r}"
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise ValidationError(
+                f"retry_policy must be a RetryPolicy, got {type(retry_policy).__name__} ({context})"
+            )
         timeout = check_seconds("visibility_timeout", visibility_timeout, context=context)
         heartbeat = check_optional_seconds(
             "heartbeat_interval", heartbeat_interval, context=context
@@ -130,7 +139,9 @@ class Runtime:
             pool=self.pool,
             registry=self.registry,
             notifier=self._notifier,
-            concurrency=check_positive_int("concurrency", concurrency, limit=10_000),
+            concurrency=check_positive_int(
+                "concurrency", concurrency, limit=10_000, context=context
+            ),
             visibility_timeout=timeout,
             retry_policy=retry_policy or RetryPolicy(),
             handler_timeout=check_optional_seconds(
@@ -154,16 +165,16 @@ class Runtime:
         The registration lives in memory: it is lost when the process stops, and the
         batch still completes. Raises `BatchNotFoundError` for an unknown batch.
         """
-        checked_domain, checked_id = await self._existing_batch(domain, batch_id)
+        checked_domain, checked_id = self._batch_key(domain, batch_id)
         check_async_callable(
             "on_complete", on_complete, context=f"domain {checked_domain!r}, batch {checked_id}"
         )
+        await self._check_batch_exists(checked_domain, checked_id)
         self._batches.watch(checked_domain, checked_id, on_complete)
 
     def unwatch_batch(self, domain: str, batch_id: UUID | str) -> None:
         """Drop the batch's callback in this runtime (no-op if none)."""
-        checked_domain = check_name("domain", domain)
-        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        checked_domain, checked_id = self._batch_key(domain, batch_id)
         self._batches.unwatch(checked_domain, checked_id)
 
     async def wait_batch(
@@ -178,17 +189,24 @@ class Runtime:
         Raises `trio.TooSlowError` after `timeout` seconds, `BatchNotFoundError` for an
         unknown batch.
         """
-        seconds = check_optional_seconds("timeout", timeout)
-        checked_domain, checked_id = await self._existing_batch(domain, batch_id)
+        checked_domain, checked_id = self._batch_key(domain, batch_id)
+        seconds = check_optional_seconds(
+            "timeout", timeout, context=f"domain {checked_domain!r}, batch {checked_id}"
+        )
+        await self._check_batch_exists(checked_domain, checked_id)
         with trio.fail_after(math.inf if seconds is None else seconds):
             return await self._batches.wait(checked_domain, checked_id)
 
-    async def _existing_batch(self, domain: str, batch_id: UUID | str) -> tuple[str, UUID]:
+    @staticmethod
+    def _batch_key(domain: str, batch_id: UUID | str) -> tuple[str, UUID]:
         checked_domain = check_name("domain", domain)
-        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
-        if await self.bus.get_batch(checked_domain, checked_id) is None:
-            raise BatchNotFoundError(checked_domain, checked_id)
-        return checked_domain, checked_id
+        return checked_domain, check_uuid(
+            "batch_id", batch_id, context=f"domain {checked_domain!r}"
+        )
+
+    async def _check_batch_exists(self, domain: str, batch_id: UUID) -> None:
+        if await self.bus.get_batch(domain, batch_id) is None:
+            raise BatchNotFoundError(domain, batch_id)
 
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
@@ -226,6 +244,11 @@ async def open_runtime(
     under `batch_callback_timeout`; watched batches are reconciled with the database every
     `batch_reconcile_interval` seconds in case a notification was lost.
     """
+    if dsn is not None:
+        check_dsn(dsn)
+    if registry is not None and not isinstance(registry, HandlerRegistry):
+        raise ValidationError(f"registry must be a HandlerRegistry, got {type(registry).__name__}")
+    check_bool("migrate", migrate)
     kind = _driver_from(driver)
     check_positive_int("pool_size", pool_size, limit=1000)
     check_max_payload_bytes(max_payload_bytes)
@@ -234,7 +257,8 @@ async def open_runtime(
     registry = registry if registry is not None else HandlerRegistry()
     try:
         async with AsyncExitStack() as stack:
-            dsn = dsn or os.environ.get(DSN_ENV) or None
+            if dsn is None:
+                dsn = check_dsn(os.environ[DSN_ENV]) if os.environ.get(DSN_ENV) else None
             if dsn is None:
                 logger.info("no DSN given and %s unset: starting an embedded PostgreSQL", DSN_ENV)
                 dsn = await stack.enter_async_context(open_embedded_postgres())

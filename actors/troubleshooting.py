@@ -63,7 +63,9 @@ class TroubleshootingQueue:
         """Commands of `domain` in the TSQ, the longest waiting first."""
         checked_domain = check_name("domain", domain)
         checked_type = _optional_type(command_type, checked_domain)
-        checked_limit, checked_offset = check_limit_offset(limit, offset)
+        checked_limit, checked_offset = check_limit_offset(
+            limit, offset, context=f"domain {checked_domain!r}"
+        )
         async with self._pool.connection() as conn:
             return await select_troubleshooting(
                 conn,

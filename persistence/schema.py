@@ -16,6 +16,7 @@ from importlib import resources
 import attrs
 
 from triobus.persistence.driver import Connection, DriverKind, connect
+from triobus.persistence.validation import check_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ async def migrate_connection(conn: Connection) -> list[int]:
 
 async def migrate(dsn: str, *, driver: DriverKind = DriverKind.NATIVE) -> list[int]:
     """Bring the database at `dsn` to the newest schema; return the versions applied."""
-    conn = await connect(dsn, driver)
+    conn = await connect(check_dsn(dsn), driver)
     try:
         return await migrate_connection(conn)
     finally:

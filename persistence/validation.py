@@ -12,11 +12,12 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from uuid import UUID
 
 import attrs
+from psycopg.conninfo import conninfo_to_dict
 
 from triobus.persistence.errors import ValidationError
 
@@ -25,6 +26,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_ATTEMPTS_LIMIT = 1000
 MAX_SECONDS = 10 * 365 * 24 * 3600.0  # ten years: beyond this a duration is a mistake
 MAX_PAYLOAD_BYTES_LIMIT = 64 * 1024 * 1024
+MAX_BIGINT = 2**63 - 1  # offsets and reply ids are PostgreSQL bigints
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 # json.dumps escapes NUL as \u0000; jsonb refuses it. An escaped backslash before it is not it.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -104,11 +106,57 @@ def check_max_payload_bytes(value: object) -> int:
     return check_positive_int("max_payload_bytes", value, limit=MAX_PAYLOAD_BYTES_LIMIT)
 
 
-def check_limit_offset(limit: object, offset: object) -> tuple[int, int]:
-    checked_limit = check_positive_int("limit", limit, limit=10_000)
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValidationError(f"offset must be an int >= 0, got {offset!r:.80}")
+def check_limit_offset(limit: object, offset: object, *, context: str = "") -> tuple[int, int]:
+    where = f" ({context})" if context else ""
+    checked_limit = check_positive_int("limit", limit, limit=10_000, context=context)
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_BIGINT:
+        raise ValidationError(
+            f"offset must be an int between 0 and {MAX_BIGINT}, got {offset!r:.80}{where}"
+        )
     return checked_limit, offset
+
+
+def check_bool(kind: str, value: object, *, context: str = "") -> bool:
+    where = f" ({context})" if context else ""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{kind} must be a bool, got {value!r:.80}{where}")
+    return value
+
+
+def check_reply_ids(value: object, *, context: str) -> list[int]:
+    """An iterable of reply ids (ints from 1 to the bigint maximum), as a list."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise ValidationError(
+            f"reply_ids must be an iterable of ints, got {type(value).__name__} ({context})"
+        )
+    ids = list(value)
+    for reply_id in ids:
+        if not isinstance(reply_id, int) or isinstance(reply_id, bool):
+            raise ValidationError(f"reply ids must be ints, got {reply_id!r:.80} ({context})")
+        if not 1 <= reply_id <= MAX_BIGINT:
+            raise ValidationError(
+                f"reply ids must be between 1 and {MAX_BIGINT}, got {reply_id} ({context})"
+            )
+    return ids
+
+
+def check_dsn(value: object) -> str:
+    """A libpq connection string or URI that parses. The messages never quote the DSN:
+    it may hold a password (libpq's own parse errors can quote it)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"dsn must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValidationError("dsn must not be empty or blank")
+    if "\x00" in value:
+        raise ValidationError("dsn must not contain a NUL character")
+    try:
+        conninfo_to_dict(value)
+    except Exception:
+        raise ValidationError(
+            "dsn is not a valid PostgreSQL connection string or URI"
+            " (not shown: it may contain a password)"
+        ) from None
+    return value
 
 
 def encode_payload(kind: str, data: object, *, max_bytes: int, context: str) -> str:

@@ -1,0 +1,100 @@
+"""The least-privilege roles of README.md ("Security") are enough, and no more than enough."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from triobus.actors import (
+    BatchCommand,
+    Command,
+    CommandStatus,
+    DatabaseError,
+    HandlerContext,
+    HandlerRegistry,
+    PermanentCommandError,
+    open_runtime,
+)
+from triobus.persistence.driver import connect
+
+# The statements README.md documents, for roles named producer, worker and operator.
+GRANTS = """
+GRANT USAGE ON SCHEMA triobus TO {producer}, {worker}, {operator};
+GRANT SELECT, INSERT ON triobus.command, triobus.batch, triobus.audit TO {producer};
+GRANT SELECT, DELETE ON triobus.reply TO {producer};
+GRANT SELECT, UPDATE ON triobus.command, triobus.batch TO {worker}, {operator};
+GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
+"""
+
+
+@pytest.fixture
+async def role_dsns(triobus_dsn: str) -> AsyncIterator[dict[str, str]]:
+    """DSNs of three fresh login roles holding exactly `GRANTS` on the test database."""
+    suffix = uuid.uuid4().hex[:8]
+    roles = {kind: f"triobus_{kind}_{suffix}" for kind in ("producer", "worker", "operator")}
+    admin = await connect(triobus_dsn)
+    try:
+        for role in roles.values():  # generated names: constants and hex only
+            await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(GRANTS.format(**roles))
+        yield {kind: make_conninfo(triobus_dsn, user=role) for kind, role in roles.items()}
+    finally:
+        for role in roles.values():
+            await admin.execute(f"DROP OWNED BY {role}")
+            await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
+async def test_producer_worker_and_operator_roles_suffice(
+    role_dsns: dict[str, str], eventually: Callable[..., Any]
+) -> None:
+    registry = HandlerRegistry()
+
+    @registry.handler("d", "Work")
+    async def work(command: Command, ctx: HandlerContext) -> dict[str, int]:
+        return {"n": command.data["n"]}
+
+    @registry.handler("d", "Broken")
+    async def broken(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("BROKEN", "needs an operator")
+
+    async with (
+        open_runtime(role_dsns["producer"], migrate=False) as producer,
+        open_runtime(role_dsns["worker"], migrate=False, registry=registry) as worker,
+        open_runtime(role_dsns["operator"], migrate=False) as operator,
+    ):
+        bus = producer.bus
+        done = await bus.send("d", "Work", uuid.uuid4(), {"n": 1}, reply_to="q")
+        parked = await bus.send("d", "Broken", uuid.uuid4(), {"n": 2}, reply_to="q")
+        batch_id = await bus.create_batch(
+            "d", [BatchCommand("Work", uuid.uuid4(), {"n": n}) for n in range(3)], name="b"
+        )
+        await worker.start_worker("d", poll_interval=0.05)
+        assert (await producer.wait_batch("d", batch_id, timeout=15)).completed_count == 3
+
+        async def is_parked() -> bool:
+            return await operator.tsq.count_troubleshooting("d") == 1
+
+        await eventually(is_parked)
+        await operator.tsq.operator_complete("d", parked.command_id, result_data={"by": "hand"})
+
+        replies = await bus.read_replies("q")
+        assert {r.command_id for r in replies} == {done.command_id, parked.command_id}
+        assert await bus.ack_replies("q", [r.reply_id for r in replies]) == 2
+        command = await bus.get_command("d", parked.command_id)
+        assert command is not None and command.status is CommandStatus.COMPLETED
+        assert len(await bus.get_audit_trail(parked.command_id, domain="d")) == 4
+        assert len(await bus.query_commands(domain="d")) == 5
+
+        # ... and no more: a producer cannot act as an operator, an operator cannot
+        # acknowledge replies, a worker cannot send.
+        with pytest.raises(DatabaseError, match="permission denied"):
+            await producer.tsq.retry_all("d")
+        with pytest.raises(DatabaseError, match="permission denied"):
+            await operator.bus.ack_replies("q", [1])
+        with pytest.raises(DatabaseError, match="permission denied"):
+            await worker.bus.send("d", "Work", uuid.uuid4(), {})
