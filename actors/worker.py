@@ -4,10 +4,13 @@ Inside, three roles joined by bounded memory channels::
 
     claimer --(ClaimedCommand, buffer 0)--> handler tasks (N) --(HandlerResult, buffer N)--> acker
 
-* The claimer claims up to the free capacity (N minus commands claimed and not yet
-  acknowledged) in one statement. When there is nothing to claim it waits for a
-  NOTIFY hint (through the runtime's notifier), for capacity, or for `poll_interval`;
-  an idle worker issues no other queries.
+* The claimer claims one command per idle handler in one statement: a handler is idle
+  once its handler returned, before the acker wrote the result, so claims overlap the
+  acker's writes. Claimed commands without a written result stay within 2N. When only
+  a few handlers are idle it waits up to `_CLAIM_LINGER` for half of them, so claims
+  stay large. When there is nothing to claim it waits for a NOTIFY hint (through the
+  runtime's notifier), for capacity, or for `poll_interval`; an idle worker issues no
+  other queries.
 * Each handler task runs one command at a time and turns what the handler did into a
   `HandlerResult` (`outcome_of`).
 * The acker writes every result that is waiting in one statement, guarded by the claim's
@@ -66,6 +69,7 @@ logger = logging.getLogger(__name__)
 _MAX_ACK_BATCH = 500
 _RELEASE_TIMEOUT = 10.0
 _CLAIM_TIMEOUT = 10.0
+_CLAIM_LINGER = 0.005
 _ERROR_NAME_LENGTH = 200
 _ERROR_MESSAGE_LENGTH = 4000
 
@@ -248,6 +252,8 @@ class Worker:
         self.grace_period = grace_period
         self._on_acked = on_acked
         self._in_flight: dict[UUID, ClaimedCommand] = {}
+        self._unfinished = 0  # claimed, their handler not yet finished
+        self._claim_batch = max(1, concurrency // 2)
         self._counters = _Counters()
         self._claim_scope = trio.CancelScope()
         self._handler_scope = trio.CancelScope()
@@ -302,12 +308,28 @@ class Worker:
             with self._claim_scope, self._notifier.subscribe(COMMAND_CHANNEL, self.domain) as hints:
                 task_status.started()
                 while True:
-                    free = self.concurrency - len(self._in_flight)
+                    free = self._free_capacity()
+                    if 0 < free < self._claim_batch and self._in_flight:
+                        await self._linger_for_capacity()
+                        free = self._free_capacity()
                     claimed = await self._claim(free) if free > 0 else []
                     for claim in claimed:
                         await work_send.send(claim)
                     if len(claimed) < free or free == 0:
                         await self._wait_for_work(hints)
+
+    def _free_capacity(self) -> int:
+        """How many commands to claim now: one per idle handler, so long as claimed
+        commands (running, or finished and waiting for the acker) stay within twice the
+        concurrency. A handler slot frees when its handler finishes, not when the result
+        is written, so claiming overlaps the acker's writes."""
+        return min(self.concurrency - self._unfinished, 2 * self.concurrency - len(self._in_flight))
+
+    async def _linger_for_capacity(self) -> None:
+        """Wait briefly for half the capacity to be free: fewer, larger claims."""
+        with trio.move_on_after(_CLAIM_LINGER):
+            while self._free_capacity() < self._claim_batch:
+                await self._capacity_receive.receive()
 
     async def _claim(self, limit: int) -> list[ClaimedCommand]:
         """Claim up to `limit` commands and record them as in flight.
@@ -339,6 +361,7 @@ class Worker:
             self._in_flight[claim.command_id] = claim
             logger.debug("claimed %s/%s attempt %d", self.domain, claim.command_id, claim.attempt)
         self._counters.claimed += len(claimed)
+        self._unfinished += len(claimed)
         return claimed
 
     async def _wait_for_work(self, hints: trio.MemoryReceiveChannel[None]) -> None:
@@ -375,7 +398,11 @@ class Worker:
     ) -> None:
         async with work_receive, ack_send:
             async for claim in work_receive:
-                await ack_send.send(await self._handle(claim))
+                result = await self._handle(claim)
+                self._unfinished -= 1
+                with suppress(trio.WouldBlock):
+                    self._capacity_send.send_nowait(None)
+                await ack_send.send(result)
 
     async def _handle(self, claim: ClaimedCommand) -> HandlerResult:
         max_attempts = claim.max_attempts or self.retry_policy.max_attempts

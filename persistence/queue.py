@@ -40,7 +40,8 @@ WITH candidates AS (
         lease_token = gen_random_uuid(), updated_at = now()
     FROM candidates k
     WHERE c.domain = k.domain AND c.command_id = k.command_id AND NOT k.exhausted
-    RETURNING c.*
+    RETURNING c.domain, c.command_id, c.command_type, c.data, c.correlation_id, c.reply_to,
+              c.batch_id, c.attempts, c.max_attempts, c.lease_token, c.visible_at
 ), exhausted AS (
     UPDATE triobus.command c
     SET status = 'IN_TROUBLESHOOTING_QUEUE', lease_token = NULL, updated_at = now(),
@@ -68,7 +69,9 @@ WITH candidates AS (
     UNION ALL
     SELECT domain, batch_id, false, 0, 0, 0, 1 FROM exhausted
 ), {batch_changes_sql("deltas")}
-SELECT * FROM claimed ORDER BY visible_at, command_id
+SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
+       max_attempts, lease_token
+FROM claimed ORDER BY visible_at, command_id
 """
 
 # Heartbeats and releases skip rows another statement holds (the acker writing their
