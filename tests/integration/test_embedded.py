@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,20 @@ from triobus.persistence.embedded import (
 )
 
 AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def private_temp_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """Clusters of this test only, in a directory of its own: other test runs on this
+    machine (and this session's shared server) create theirs elsewhere."""
+    tmp_path_factory.getbasetemp()  # pytest's own temp dirs stay where they are
+    path = Path(tempfile.mkdtemp(prefix="tbe-", dir="/tmp"))
+    path.chmod(0o755)  # as root, the server's user must reach the cluster inside
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def cluster_dirs() -> set[str]:
@@ -44,9 +60,10 @@ def process_exists(pid: int) -> bool:
 def cluster_processes() -> set[int]:
     """Processes started from a triobus-pg-* directory (Linux /proc; empty elsewhere)."""
     found = set()
+    marker = os.fsencode(f"{tempfile.gettempdir()}/triobus-pg-")
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if b"/triobus-pg-" in (entry / "cmdline").read_bytes():
+            if marker in (entry / "cmdline").read_bytes():
                 found.add(int(entry.name))
         except OSError:
             pass
