@@ -60,8 +60,9 @@ from triobus.persistence.queue import (
 from triobus.persistence.records import CommandChange
 
 T = TypeVar("T")
+Key = tuple[str, uuid.UUID]  # (domain, id) of a command or batch
 
-DOMAIN = "d"
+DOMAINS = ("d", "e")
 QUEUE = "replies"
 DEFAULT_MAX_ATTEMPTS = 2
 POLICY = RetryPolicy(max_attempts=DEFAULT_MAX_ATTEMPTS, backoff=(0.0,))
@@ -140,16 +141,21 @@ class Portal:
 class ModelCommand:
     """What the model expects of one command."""
 
+    domain: str
     command_id: uuid.UUID
     reply_to: str | None
     max_attempts: int | None
-    batch_id: uuid.UUID | None
+    batch: Key | None
     status: str = PENDING
     attempts: int = 0
     lease: uuid.UUID | None = None  # the token of the claim that holds it
     expired: bool = False
     events: list[str] = attrs.Factory(lambda: ["SENT"])
     final_row: dict[str, Any] | None = None  # the row as it became terminal
+
+    @property
+    def key(self) -> Key:
+        return self.domain, self.command_id
 
     @property
     def attempt_limit(self) -> int:
@@ -167,9 +173,12 @@ class ModelCommand:
 
 @attrs.define
 class ModelBatch:
-    batch_id: uuid.UUID
-    command_ids: list[uuid.UUID]
+    commands: list[Key]
     started: bool = False
+
+
+def key_of(claim: ClaimedCommand | HandlerResult | CommandChange) -> Key:
+    return claim.domain, claim.command_id
 
 
 def expected_outcome(behaviour: str, claim: ClaimedCommand) -> Outcome:
@@ -204,8 +213,9 @@ def handler_result(behaviour: str, claim: ClaimedCommand) -> HandlerResult:
 
 
 class StoreMachine(RuleBasedStateMachine):
-    """The model: commands and batches with their expected state; the claims that
-    simulated handlers still hold (current ones, and stale ones whose results are late)."""
+    """The model: commands and batches of two domains with their expected state, and the
+    claims that simulated handlers still hold (current ones, and stale ones whose results
+    would be late)."""
 
     portal: ClassVar[Portal | None] = None
     db: ClassVar[psycopg.Connection[DictRow] | None] = None
@@ -213,8 +223,8 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.sql("TRUNCATE triobus.reply, triobus.audit, triobus.command, triobus.batch")
-        self.commands: dict[uuid.UUID, ModelCommand] = {}
-        self.batches: dict[uuid.UUID, ModelBatch] = {}
+        self.commands: dict[Key, ModelCommand] = {}
+        self.batches: dict[Key, ModelBatch] = {}
         self.held: list[ClaimedCommand] = []
         self.ids = 0
 
@@ -229,33 +239,30 @@ class StoreMachine(RuleBasedStateMachine):
         cursor = self.db.execute(query, params)
         return cursor.fetchall() if cursor.description is not None else []
 
-    def labelled(self, claims: list[ClaimedCommand]) -> dict[str, ClaimedCommand]:
-        """Claims by a readable label (what a failing example prints)."""
-        labelled = {}
-        for claim_ in claims:
-            current = self.commands[claim_.command_id].lease == claim_.lease_token
-            labelled[
-                f"command {claim_.command_id.int} attempt {claim_.attempt}"
-                f" lease {str(claim_.lease_token)[:8]} ({'current' if current else 'stale'})"
-            ] = claim_
-        return labelled
-
-    def draw_claims(
-        self, data: st.DataObject, claims: list[ClaimedCommand], *, most: int = 1
-    ) -> list[ClaimedCommand]:
-        labelled = self.labelled(claims)
-        chosen = data.draw(
-            st.lists(st.sampled_from(list(labelled)), min_size=1, max_size=most, unique=True),
-            label="claims",
-        )
-        return [labelled[label] for label in chosen]
-
     def new_id(self) -> uuid.UUID:
         self.ids += 1
         return uuid.UUID(int=self.ids)
 
     def in_status(self, *statuses: str) -> list[ModelCommand]:
         return [c for c in self.commands.values() if c.status in statuses]
+
+    def is_current(self, claim: ClaimedCommand) -> bool:
+        return self.commands[key_of(claim)].lease == claim.lease_token
+
+    def draw_claims(
+        self, data: st.DataObject, claims: list[ClaimedCommand], *, most: int = 1
+    ) -> list[ClaimedCommand]:
+        """Some of these claims, drawn by a readable label (what a failing example prints)."""
+        labelled = {
+            f"{c.domain}/{c.command_id.int} attempt {c.attempt} lease {str(c.lease_token)[:8]}"
+            f" ({'current' if self.is_current(c) else 'stale'})": c
+            for c in claims
+        }
+        chosen = data.draw(
+            st.lists(st.sampled_from(list(labelled)), min_size=1, max_size=most, unique=True),
+            label="claims",
+        )
+        return [labelled[label] for label in chosen]
 
     def become(self, command: ModelCommand, status: str, event: str) -> None:
         assert command.status not in TERMINAL, "the model never moves a terminal command"
@@ -271,33 +278,57 @@ class StoreMachine(RuleBasedStateMachine):
         return sum(c.status not in TERMINAL for c in self.commands.values()) < MAX_OPEN
 
     @precondition(room_for_more)
-    @rule(reply=st.booleans(), max_attempts=MAX_ATTEMPTS_CHOICES)
-    def send(self, reply: bool, max_attempts: int | None) -> None:
-        command = ModelCommand(self.new_id(), QUEUE if reply else None, max_attempts, None)
+    @rule(
+        data=st.data(),
+        domain=st.sampled_from(DOMAINS),
+        reply=st.booleans(),
+        max_attempts=MAX_ATTEMPTS_CHOICES,
+        id_of_other_domain=st.booleans(),
+    )
+    def send(
+        self,
+        data: st.DataObject,
+        domain: str,
+        reply: bool,
+        max_attempts: int | None,
+        id_of_other_domain: bool,
+    ) -> None:
+        """A send; ids are unique per domain, so an id used in the other domain is new."""
+        elsewhere = [
+            i for d, i in self.commands if d != domain and (domain, i) not in self.commands
+        ]
+        if id_of_other_domain and elsewhere:
+            command_id = data.draw(st.sampled_from(elsewhere), label="id of the other domain")
+        else:
+            command_id = self.new_id()
+        command = ModelCommand(domain, command_id, QUEUE if reply else None, max_attempts, None)
         result = self.call(
             lambda rt: rt.bus.send(
-                DOMAIN,
+                domain,
                 "Work",
-                command.command_id,
-                {"n": command.command_id.int},
+                command_id,
+                {"n": command_id.int},
                 reply_to=command.reply_to,
                 max_attempts=max_attempts,
             )
         )
-        assert result.command_id == command.command_id
-        self.commands[command.command_id] = command
+        assert (result.domain, result.command_id) == command.key
+        self.commands[command.key] = command
 
     @precondition(room_for_more)
-    @rule(specs=st.lists(st.tuples(st.booleans(), MAX_ATTEMPTS_CHOICES), min_size=1, max_size=3))
-    def create_batch(self, specs: list[tuple[bool, int | None]]) -> None:
-        batch_id = self.new_id()
+    @rule(
+        domain=st.sampled_from(DOMAINS),
+        specs=st.lists(st.tuples(st.booleans(), MAX_ATTEMPTS_CHOICES), min_size=1, max_size=3),
+    )
+    def create_batch(self, domain: str, specs: list[tuple[bool, int | None]]) -> None:
+        batch = (domain, self.new_id())
         members = [
-            ModelCommand(self.new_id(), QUEUE if reply else None, max_attempts, batch_id)
+            ModelCommand(domain, self.new_id(), QUEUE if reply else None, max_attempts, batch)
             for reply, max_attempts in specs
         ]
         created = self.call(
             lambda rt: rt.bus.create_batch(
-                DOMAIN,
+                domain,
                 [
                     BatchCommand(
                         command_type="Work",
@@ -308,19 +339,19 @@ class StoreMachine(RuleBasedStateMachine):
                     )
                     for m in members
                 ],
-                batch_id=batch_id,
+                batch_id=batch[1],
             )
         )
-        assert created == batch_id
-        self.batches[batch_id] = ModelBatch(batch_id, [m.command_id for m in members])
-        self.commands.update((m.command_id, m) for m in members)
+        assert created == batch[1]
+        self.batches[batch] = ModelBatch([m.key for m in members])
+        self.commands.update((m.key, m) for m in members)
 
     @precondition(lambda self: self.commands)
     @rule(data=st.data(), in_batch=st.booleans())
     def send_taken_id(self, data: st.DataObject, in_batch: bool) -> None:
         """Sends are idempotent by id, batches all or nothing: a send or a batch with an
         id already stored raises DuplicateCommandError and writes nothing."""
-        taken = data.draw(st.sampled_from(list(self.commands)), label="taken id")
+        domain, taken = data.draw(st.sampled_from(list(self.commands)), label="taken")
         if in_batch:
             batch_id, fresh = self.new_id(), self.new_id()
             batch = [
@@ -328,69 +359,69 @@ class StoreMachine(RuleBasedStateMachine):
                 BatchCommand(command_type="Work", command_id=taken, data={}),
             ]
             with pytest.raises(DuplicateCommandError):
-                self.call(lambda rt: rt.bus.create_batch(DOMAIN, batch, batch_id=batch_id))
+                self.call(lambda rt: rt.bus.create_batch(domain, batch, batch_id=batch_id))
         else:
             with pytest.raises(DuplicateCommandError):
-                self.call(lambda rt: rt.bus.send(DOMAIN, "Work", taken, {"again": True}))
+                self.call(lambda rt: rt.bus.send(domain, "Work", taken, {"again": True}))
 
     # -- claims and leases ---------------------------------------------------------------
 
     @precondition(lambda self: any(c.claimable for c in self.commands.values()))
-    @rule(data=st.data(), limit=st.sampled_from([1, 2, 3, 100]))
-    def claim(self, data: st.DataObject, limit: int) -> None:
-        """A claim; the handlers of some claimed commands finish at once (one ack
-        statement, as the worker's acker writes them), the others keep running (held)."""
-        candidates = [c for c in self.commands.values() if c.claimable]
+    @rule(data=st.data(), domain=st.sampled_from(DOMAINS), limit=st.sampled_from([1, 2, 3, 100]))
+    def claim(self, data: st.DataObject, domain: str, limit: int) -> None:
+        """A claim in one domain; the handlers of some claimed commands finish at once (one
+        ack statement, as the worker's acker writes them), the others keep running."""
+        candidates = [c for c in self.commands.values() if c.domain == domain and c.claimable]
 
         async def claim(rt: Runtime) -> list[ClaimedCommand]:
             async with rt.pool.connection() as conn:
                 return await claim_commands(
                     conn,
-                    DOMAIN,
+                    domain,
                     limit=limit,
                     visibility_timeout=LEASE_SECONDS,
                     default_max_attempts=DEFAULT_MAX_ATTEMPTS,
                 )
 
         claims = self.call(claim)
-        claimed_ids = [c.command_id for c in claims]
-        assert len(set(claimed_ids)) == len(claimed_ids)
-        # Which candidates the limit left out depends on visible_at order, so the model
-        # learns it: exhausted candidates that the claim moved to the TSQ.
+        assert len({key_of(c) for c in claims}) == len(claims)
+        # Which candidates the limit leaves out depends on visible_at order, so the model
+        # learns it: the exhausted candidates that the claim moved to the TSQ.
         exhausted = [c for c in candidates if c.exhausted]
-        moved_ids = {
+        moved = {
             row["command_id"]
             for row in self.sql(
-                "SELECT command_id FROM triobus.command WHERE command_id = ANY(%s) AND status = %s",
-                ([c.command_id for c in exhausted], TSQ),
+                "SELECT command_id FROM triobus.command"
+                " WHERE domain = %s AND command_id = ANY(%s) AND status = %s",
+                (domain, [c.command_id for c in exhausted], TSQ),
             )
         }
-        assert len(claims) + len(moved_ids) == min(limit, len(candidates))
+        assert len(claims) + len(moved) == min(limit, len(candidates))
         for claim_ in claims:
-            command = self.commands[claim_.command_id]
-            assert command.claimable and not command.exhausted, command
+            command = self.commands[key_of(claim_)]
+            assert command.domain == domain and command.claimable and not command.exhausted
             assert claim_.attempt == command.attempts + 1
             assert (claim_.max_attempts, claim_.reply_to, claim_.batch_id) == (
                 command.max_attempts,
                 command.reply_to,
-                command.batch_id,
+                None if command.batch is None else command.batch[1],
             )
             command.status = IN_PROGRESS
             command.attempts += 1
             command.lease = claim_.lease_token
             command.expired = False
             command.events.append("RECEIVED")
-            if command.batch_id is not None:
-                self.batches[command.batch_id].started = True
+            if command.batch is not None:
+                self.batches[command.batch].started = True
         for command in exhausted:
-            if command.command_id in moved_ids:
+            if command.command_id in moved:
                 event("claim moved an exhausted lease to the TSQ")
                 self.become(command, TSQ, "RETRY_EXHAUSTED")
         finished = []
         for claim_ in claims:
             behaviour = data.draw(
                 st.sampled_from(("keeps running", "keeps running", *HANDLER_BEHAVIOURS)),
-                label=f"handler of {claim_.command_id.int}",
+                label=f"handler of {claim_.domain}/{claim_.command_id.int}",
             )
             if behaviour == "keeps running":
                 self.held.append(claim_)
@@ -404,21 +435,17 @@ class StoreMachine(RuleBasedStateMachine):
     def expire_leases(self, data: st.DataObject) -> None:
         """Leases run out (a worker hangs or dies): the commands are claimable again and
         their handlers, if they ever finish, answer late."""
-        leased = [c for c in self.in_status(IN_PROGRESS) if not c.expired]
-        expiring = [
-            self.commands[i]
-            for i in data.draw(
-                st.lists(st.sampled_from([c.command_id for c in leased]), min_size=1, unique=True),
-                label="leases of",
-            )
-        ]
+        leased = [c.key for c in self.in_status(IN_PROGRESS) if not c.expired]
+        expiring = data.draw(
+            st.lists(st.sampled_from(leased), min_size=1, unique=True), label="leases of"
+        )
         self.sql(
             "UPDATE triobus.command SET visible_at = now() - interval '1 second'"
-            " WHERE domain = %s AND command_id = ANY(%s)",
-            (DOMAIN, [c.command_id for c in expiring]),
+            " WHERE (domain, command_id) IN (SELECT * FROM unnest(%s::text[], %s::uuid[]))",
+            ([d for d, _ in expiring], [i for _, i in expiring]),
         )
-        for command in expiring:
-            command.expired = True
+        for key in expiring:
+            self.commands[key].expired = True
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), release=st.booleans())
@@ -427,14 +454,14 @@ class StoreMachine(RuleBasedStateMachine):
         unfinished (its handler may still answer late afterwards: that changes nothing).
         Both act only while the claim's lease token is the command's."""
         (claim_,) = self.draw_claims(data, self.held)
-        command = self.commands[claim_.command_id]
-        current = command.lease == claim_.lease_token
+        command = self.commands[key_of(claim_)]
+        current = self.is_current(claim_)
 
         async def act(rt: Runtime) -> int:
             async with rt.pool.connection() as conn:
                 if release:
-                    return await release_if_claimed(conn, DOMAIN, [claim_])
-                return await extend_leases_if_claimed(conn, DOMAIN, [claim_], LEASE_SECONDS)
+                    return await release_if_claimed(conn, claim_.domain, [claim_])
+                return await extend_leases_if_claimed(conn, claim_.domain, [claim_], LEASE_SECONDS)
 
         assert self.call(act) == int(current)
         if current and release:  # visible again at once, the attempt not counted
@@ -455,7 +482,8 @@ class StoreMachine(RuleBasedStateMachine):
             (
                 c,
                 data.draw(
-                    st.sampled_from(HANDLER_BEHAVIOURS), label=f"handler of {c.command_id.int}"
+                    st.sampled_from(HANDLER_BEHAVIOURS),
+                    label=f"handler of {c.domain}/{c.command_id.int}",
                 ),
             )
             for c in claims
@@ -465,7 +493,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def stale(self) -> list[ClaimedCommand]:
         """Held claims whose lease was lost (expired and re-claimed, released, moved)."""
-        return [c for c in self.held if self.commands[c.command_id].lease != c.lease_token]
+        return [c for c in self.held if not self.is_current(c)]
 
     @precondition(lambda self: self.stale())
     @rule(data=st.data())
@@ -483,7 +511,6 @@ class StoreMachine(RuleBasedStateMachine):
             result = handler_result(behaviour, claim_)
             assert result.outcome is expected_outcome(behaviour, claim_), (behaviour, claim_)
             results.append(result)
-
         final_before = {b for b in self.batches if self.batch_is_final(b)}
 
         async def ack(rt: Runtime) -> list[CommandChange]:
@@ -491,26 +518,27 @@ class StoreMachine(RuleBasedStateMachine):
                 return await ack_if_claimed(conn, results)
 
         changes = self.call(ack)
-        applied: dict[uuid.UUID, str] = {}
-        touched_batches: set[uuid.UUID] = set()
+        applied: dict[Key, str] = {}
+        counted_batches: set[Key] = set()
         for result in results:
-            command = self.commands[result.command_id]
+            command = self.commands[key_of(result)]
             if command.lease != result.lease_token:
                 event(f"late result discarded ({command.status})")
                 continue
             self.become(command, result.outcome.status, result.outcome.event)
-            applied[command.command_id] = command.status
-            if command.batch_id is not None and result.outcome is not Outcome.RETRY_SCHEDULED:
-                touched_batches.add(command.batch_id)
-        assert {c.command_id: c.status for c in changes} == applied
+            applied[command.key] = command.status
+            if command.batch is not None and result.outcome is not Outcome.RETRY_SCHEDULED:
+                counted_batches.add(command.batch)
+        assert {key_of(c): c.status for c in changes} == applied
         assert len(changes) == len(applied)
         newly_final = {b for b in self.batches if self.batch_is_final(b)} - final_before
         for _ in newly_final:
             event("batch completed by a handler result")
         for change in changes:
-            assert change.batch_completed == (change.batch_id in newly_final), change
-            if change.batch_id in touched_batches:
-                assert change.batch_counts == self.batch_counts(change.batch_id)[:3], change
+            batch = None if change.batch_id is None else (change.domain, change.batch_id)
+            assert change.batch_completed == (batch in newly_final), change
+            if batch in counted_batches:
+                assert change.batch_counts == self.batch_counts(batch)[:3], change
             else:
                 assert change.batch_counts is None, change
 
@@ -521,25 +549,29 @@ class StoreMachine(RuleBasedStateMachine):
         data=st.data(),
         action=st.sampled_from(["retry", "cancel", "complete"]),
         on=st.sampled_from(["tsq", "tsq", "any", "unknown"]),
+        domain=st.sampled_from(DOMAINS),
     )
-    def operator(self, data: st.DataObject, action: str, on: str) -> None:
-        in_tsq = self.in_status(TSQ)
+    def operator(self, data: st.DataObject, action: str, on: str, domain: str) -> None:
+        """An operator acts on one command: one in the TSQ, or any id in either domain
+        (not in the TSQ: InvalidOperationError; not in this domain: CommandNotFoundError),
+        or an unknown id."""
+        in_tsq = [c.key for c in self.in_status(TSQ)]
         if on == "tsq" and in_tsq:
-            command_id = data.draw(st.sampled_from([c.command_id for c in in_tsq]), label="id")
+            domain, command_id = data.draw(st.sampled_from(in_tsq), label="command")
         elif on != "unknown":
-            command_id = data.draw(st.sampled_from(list(self.commands)), label="id")
+            command_id = data.draw(st.sampled_from([i for _, i in self.commands]), label="id")
         else:
             command_id = self.new_id()
-        command = self.commands.get(command_id)
+        command = self.commands.get((domain, command_id))
 
         async def act(rt: Runtime) -> None:
             if action == "retry":
-                await rt.tsq.operator_retry(DOMAIN, command_id, operator="ops")
+                await rt.tsq.operator_retry(domain, command_id, operator="ops")
             elif action == "cancel":
-                await rt.tsq.operator_cancel(DOMAIN, command_id, "not needed", operator="ops")
+                await rt.tsq.operator_cancel(domain, command_id, "not needed", operator="ops")
             else:
                 await rt.tsq.operator_complete(
-                    DOMAIN, command_id, result_data={"by": "hand"}, operator="ops"
+                    domain, command_id, result_data={"by": "hand"}, operator="ops"
                 )
 
         if command is None:
@@ -554,14 +586,15 @@ class StoreMachine(RuleBasedStateMachine):
             event(f"operator {action} applied")
 
     @precondition(lambda self: self.in_status(TSQ))
-    @rule(action=st.sampled_from(["retry", "cancel"]))
-    def operator_bulk(self, action: str) -> None:
-        in_tsq = self.in_status(TSQ)
+    @rule(action=st.sampled_from(["retry", "cancel"]), domain=st.sampled_from(DOMAINS))
+    def operator_bulk(self, action: str, domain: str) -> None:
+        """retry_all / cancel_all of one domain: every TSQ command there, no other."""
+        in_tsq = [c for c in self.in_status(TSQ) if c.domain == domain]
 
         async def act(rt: Runtime) -> int:
             if action == "retry":
-                return await rt.tsq.retry_all(DOMAIN, operator="ops")
-            return await rt.tsq.cancel_all(DOMAIN, "not needed", operator="ops")
+                return await rt.tsq.retry_all(domain, operator="ops")
+            return await rt.tsq.cancel_all(domain, "not needed", operator="ops")
 
         assert self.call(act) == len(in_tsq)
         for command in in_tsq:
@@ -578,22 +611,24 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- model queries -------------------------------------------------------------------
 
-    def batch_is_final(self, batch_id: uuid.UUID) -> bool:
-        return all(self.commands[i].status in TERMINAL for i in self.batches[batch_id].command_ids)
+    def batch_is_final(self, batch: Key) -> bool:
+        return all(self.commands[k].status in TERMINAL for k in self.batches[batch].commands)
 
-    def batch_counts(self, batch_id: uuid.UUID) -> tuple[int, int, int, int]:
+    def batch_counts(self, batch: Key) -> tuple[int, int, int, int]:
         """(completed, failed, canceled, in_troubleshooting) as the model expects them."""
-        counted = Counter(self.commands[i].status for i in self.batches[batch_id].command_ids)
+        counted = Counter(self.commands[k].status for k in self.batches[batch].commands)
         return counted[COMPLETED], counted[FAILED], counted[CANCELED], counted[TSQ]
 
     # -- invariants ----------------------------------------------------------------------
 
     @invariant()
     def commands_match_the_model(self) -> None:
-        rows = {r["command_id"]: r for r in self.sql("SELECT * FROM triobus.command")}
+        rows = {
+            (r["domain"], r["command_id"]): r for r in self.sql("SELECT * FROM triobus.command")
+        }
         assert set(rows) == set(self.commands)
-        for command_id, command in self.commands.items():
-            row = rows[command_id]
+        for key, command in self.commands.items():
+            row = rows[key]
             assert (row["status"], row["attempts"], row["lease_token"]) == (
                 command.status,
                 command.attempts,
@@ -609,15 +644,15 @@ class StoreMachine(RuleBasedStateMachine):
     def audit_trails_match_the_model(self) -> None:
         """At most one terminal event per command, none after it, and exactly the events
         the model expects, in order (a late result writes nothing)."""
-        trails: dict[uuid.UUID, list[str]] = {}
+        trails: dict[Key, list[str]] = {}
         for row in self.sql(
-            "SELECT subject_id, event_type FROM triobus.audit"
+            "SELECT domain, subject_id, event_type FROM triobus.audit"
             " WHERE event_type NOT LIKE 'BATCH%%' ORDER BY audit_id"
         ):
-            trails.setdefault(row["subject_id"], []).append(row["event_type"])
+            trails.setdefault((row["domain"], row["subject_id"]), []).append(row["event_type"])
         assert set(trails) == set(self.commands)
-        for command_id, command in self.commands.items():
-            trail = trails[command_id]
+        for key, command in self.commands.items():
+            trail = trails[key]
             terminal_events = [e for e in trail if e in TERMINAL_EVENTS]
             assert len(terminal_events) == (1 if command.status in TERMINAL else 0), trail
             if terminal_events:
@@ -626,14 +661,14 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_reply_per_terminal_command_with_reply_to(self) -> None:
-        replies: dict[uuid.UUID, list[DictRow]] = {}
+        replies: dict[Key, list[DictRow]] = {}
         for row in self.sql(
             "SELECT r.*, c.correlation_id AS command_correlation_id FROM triobus.reply r"
             " JOIN triobus.command c USING (domain, command_id)"
         ):
-            replies.setdefault(row["command_id"], []).append(row)
-        for command_id, command in self.commands.items():
-            found = replies.pop(command_id, [])
+            replies.setdefault((row["domain"], row["command_id"]), []).append(row)
+        for key, command in self.commands.items():
+            found = replies.pop(key, [])
             if command.status in TERMINAL and command.reply_to is not None:
                 assert len(found) == 1, (command, found)
                 (reply,) = found
@@ -646,23 +681,23 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def batch_counts_and_completion(self) -> None:
-        rows = {r["batch_id"]: r for r in self.sql("SELECT * FROM triobus.batch")}
+        rows = {(r["domain"], r["batch_id"]): r for r in self.sql("SELECT * FROM triobus.batch")}
         assert set(rows) == set(self.batches)
-        recount: dict[uuid.UUID, Counter[str]] = {b: Counter() for b in self.batches}
+        recount: dict[Key, Counter[str]] = {b: Counter() for b in self.batches}
         for row in self.sql(
-            "SELECT batch_id, status, count(*) AS n FROM triobus.command"
-            " WHERE batch_id IS NOT NULL GROUP BY batch_id, status"
+            "SELECT domain, batch_id, status, count(*) AS n FROM triobus.command"
+            " WHERE batch_id IS NOT NULL GROUP BY domain, batch_id, status"
         ):
-            recount[row["batch_id"]][row["status"]] = row["n"]
-        events: dict[uuid.UUID, list[DictRow]] = {b: [] for b in self.batches}
+            recount[row["domain"], row["batch_id"]][row["status"]] = row["n"]
+        events: dict[Key, list[DictRow]] = {b: [] for b in self.batches}
         for row in self.sql(
-            "SELECT subject_id, event_type, details FROM triobus.audit"
+            "SELECT domain, subject_id, event_type, details FROM triobus.audit"
             " WHERE event_type LIKE 'BATCH%%' ORDER BY audit_id"
         ):
-            events[row["subject_id"]].append(row)
+            events[row["domain"], row["subject_id"]].append(row)
 
-        for batch_id, batch in self.batches.items():
-            row, counted = rows[batch_id], recount[batch_id]
+        for key, batch in self.batches.items():
+            row, counted = rows[key], recount[key]
             stored = (
                 row["completed_count"],
                 row["failed_count"],
@@ -671,11 +706,11 @@ class StoreMachine(RuleBasedStateMachine):
             )
             # invariant 2: counts are exact, and add up to the total with the open ones
             assert stored == (counted[COMPLETED], counted[FAILED], counted[CANCELED], counted[TSQ])
-            assert stored == self.batch_counts(batch_id)
-            assert row["total_count"] == len(batch.command_ids) == sum(counted.values())
+            assert stored == self.batch_counts(key)
+            assert row["total_count"] == len(batch.commands) == sum(counted.values())
             assert row["total_count"] == counted[PENDING] + counted[IN_PROGRESS] + sum(stored)
             # invariant 3: final exactly when every command is terminal, one BATCH_COMPLETED
-            final = self.batch_is_final(batch_id)
+            final = self.batch_is_final(key)
             if final:
                 failures = row["failed_count"] + row["canceled_count"]
                 expected = "COMPLETED_WITH_FAILURES" if failures else "COMPLETED"
@@ -684,10 +719,10 @@ class StoreMachine(RuleBasedStateMachine):
             assert row["status"] == expected, (row, counted)
             assert (row["completed_at"] is not None) == final
             assert (row["started_at"] is not None) == batch.started
-            kinds = [e["event_type"] for e in events[batch_id]]
+            kinds = [e["event_type"] for e in events[key]]
             assert kinds == ["BATCH_STARTED"] * batch.started + ["BATCH_COMPLETED"] * final
             if final:
-                assert events[batch_id][-1]["details"] == {
+                assert events[key][-1]["details"] == {
                     "status": expected,
                     "total_count": row["total_count"],
                     "completed_count": row["completed_count"],
