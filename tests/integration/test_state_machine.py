@@ -1,12 +1,19 @@
 """A hypothesis state machine over the store: random sends, batches, claims, handler
-outcomes, lease expiries, late results and operator actions, checked against a model and
-the ARCHITECTURE §4 invariants in the real database after every step.
+outcomes, lease expiries, late results and operator actions in two domains, checked
+against a model and the ARCHITECTURE §4 invariants in the real database after every step.
 
 The steps drive the persistence layer (`claim_commands`, `ack_if_claimed`, ...) and the
 runtime's `bus` and `tsq` directly, not a running worker, so every step is deterministic.
 The runtime runs in `trio.run` on a thread for the whole test (the state machine is
 synchronous and calls into it through a trio token); the invariants are read with a
 plain synchronous psycopg connection. Between examples the tables are emptied.
+
+Invariants after every step: each command's status, attempts and lease token are the
+model's; a terminal command's row never changes again; its audit trail is exactly the
+model's (one terminal event at most, and last); one reply per terminal command with
+reply_to, none otherwise; batch counts equal a recount and add up to the total; a batch
+is final exactly when all its commands are terminal, with one BATCH_COMPLETED carrying the
+final counts and one BATCH_STARTED once claimed.
 """
 
 from __future__ import annotations
