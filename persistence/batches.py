@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import attrs
+from psycopg.types.json import Jsonb
 
 from triobus.persistence.driver import Connection, Row
 from triobus.persistence.errors import DuplicateBatchError
@@ -154,8 +155,19 @@ COPY_COMMANDS = """
 COPY triobus.command
     (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
      batch_id, visible_at)
-FROM STDIN
+FROM STDIN (FORMAT BINARY)
 """
+COPY_COMMAND_TYPES = (
+    "text",
+    "uuid",
+    "text",
+    "jsonb",
+    "uuid",
+    "text",
+    "int4",
+    "uuid",
+    "timestamptz",
+)
 
 SENT_AUDIT_FOR_BATCH = """
 WITH notified AS (SELECT pg_notify('triobus_command', %(domain)s))
@@ -173,12 +185,12 @@ def _copy_rows(
     commands: Sequence[NewCommand], batch_id: UUID, db_now: datetime
 ) -> Iterator[tuple[Any, ...]]:
     for c in commands:
-        visible_at = c.not_before or db_now + timedelta(seconds=c.delay or 0)
+        visible_at = c.not_before or (db_now + timedelta(seconds=c.delay) if c.delay else db_now)
         yield (
             c.domain,
             c.command_id,
             c.command_type,
-            c.data_json,
+            Jsonb(c.data_json, dumps=str),  # already JSON: passed through, not re-encoded
             c.correlation_id,
             c.reply_to,
             c.max_attempts,
@@ -209,7 +221,8 @@ async def insert_batch(
     if row is None:
         raise DuplicateBatchError(domain, batch_id)
     # Delays count from the database's clock, like `send`'s.
-    await conn.copy_rows(COPY_COMMANDS, _copy_rows(commands, batch_id, row["created_at"]))
+    rows = _copy_rows(commands, batch_id, row["created_at"])
+    await conn.copy_rows(COPY_COMMANDS, rows, types=COPY_COMMAND_TYPES)
     await conn.execute(SENT_AUDIT_FOR_BATCH, {"domain": domain, "batch_id": batch_id})
 
 

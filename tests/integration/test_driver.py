@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
+from psycopg.types.json import Jsonb
 
 from triobus.persistence import driver as driver_module
 from triobus.persistence.driver import (
@@ -281,3 +283,17 @@ async def test_health_check_cancelled_on_a_hung_server_does_not_leak_the_connect
         assert waited.cancelled_caught
         assert pool.statistics().open == 0
         assert pool.statistics().discarded == 1
+
+
+async def test_copy_rows_in_binary_format_with_column_types(pool: ConnectionPool) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("CREATE TABLE b (id int, doc jsonb, at timestamptz)")
+        rows = [(1, Jsonb('{"a": [1, "é"]}', dumps=str), datetime(2026, 1, 1, tzinfo=UTC))]
+        await conn.copy_rows(
+            "COPY b (id, doc, at) FROM STDIN (FORMAT BINARY)",
+            rows,
+            types=["int4", "jsonb", "timestamptz"],
+        )
+        assert await conn.fetch_all("SELECT id, doc, at FROM b") == [
+            {"id": 1, "doc": {"a": [1, "é"]}, "at": datetime(2026, 1, 1, tzinfo=UTC)}
+        ]

@@ -236,23 +236,30 @@ async def sigkill_trial(dsn: str, commands: int, faults: int, rng: random.Random
     return result
 
 
-async def restart_trial(
-    cluster: EmbeddedCluster, dsn: str, commands: int, faults: int, rng: random.Random
+async def in_process_trial(
+    dsn: str,
+    commands: int,
+    faults: int,
+    rng: random.Random,
+    inject: Callable[[], Awaitable[None]],
+    scenario: str,
 ) -> TrialResult:
-    """PostgreSQL is restarted (fast shutdown, start) at random points of the batch."""
+    """Two workers (concurrency 16) in this process work the batch while `inject` strikes."""
     async with open_runtime(
         dsn, registry=registry(), migrate=False, batch_reconcile_interval=0.5
     ) as runtime:
         for _ in range(2):
             await runtime.start_worker(DOMAIN, concurrency=16, poll_interval=0.5)
-        return await run_batch(
-            runtime,
-            dsn,
-            commands,
-            [rng.uniform(0.05, 0.95) for _ in range(faults)],
-            cluster.restart,
-            "restart PostgreSQL (fast shutdown)",
-        )
+        fault_points = [rng.uniform(0.05, 0.95) for _ in range(faults)]
+        return await run_batch(runtime, dsn, commands, fault_points, inject, scenario)
+
+
+async def restart_trial(
+    cluster: EmbeddedCluster, dsn: str, commands: int, faults: int, rng: random.Random
+) -> TrialResult:
+    """PostgreSQL is restarted (fast shutdown, start) at random points of the batch."""
+    scenario = "restart PostgreSQL (fast shutdown)"
+    return await in_process_trial(dsn, commands, faults, rng, cluster.restart, scenario)
 
 
 async def terminate_trial(dsn: str, commands: int, faults: int, rng: random.Random) -> TrialResult:
@@ -269,19 +276,8 @@ async def terminate_trial(dsn: str, commands: int, faults: int, rng: random.Rand
         finally:
             await conn.close()
 
-    async with open_runtime(
-        dsn, registry=registry(), migrate=False, batch_reconcile_interval=0.5
-    ) as runtime:
-        for _ in range(2):
-            await runtime.start_worker(DOMAIN, concurrency=16, poll_interval=0.5)
-        return await run_batch(
-            runtime,
-            dsn,
-            commands,
-            [rng.uniform(0.05, 0.95) for _ in range(faults)],
-            terminate_all,
-            "pg_terminate_backend of every backend",
-        )
+    scenario = "pg_terminate_backend of every backend"
+    return await in_process_trial(dsn, commands, faults, rng, terminate_all, scenario)
 
 
 @asynccontextmanager
