@@ -229,6 +229,11 @@ class _RandomUUIDs:
 
     def __init__(self) -> None:
         self._pool = b""
+        # A forked child must not hand out the ids its parent has buffered.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pool = b""
 
     def next(self) -> UUID:
         if not self._pool:

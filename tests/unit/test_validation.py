@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -103,3 +104,18 @@ def test_seconds_allow_zero_when_asked_and_the_ten_year_bound() -> None:
 def test_max_payload_bytes_is_checked(value: object) -> None:
     with pytest.raises(ValidationError, match="max_payload_bytes"):
         check_max_payload_bytes(value)
+
+
+def test_generated_correlation_ids_are_unique_and_not_repeated_after_fork() -> None:
+    ids = {new_command("d", "T", uuid.uuid4(), {}).correlation_id for _ in range(1000)}
+    assert len(ids) == 1000 and all(i.version == 4 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports the id it generates next
+        os.write(write, new_command("d", "T", uuid.uuid4(), {}).correlation_id.bytes)
+        os._exit(0)
+    os.close(write)
+    child_id = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_id != new_command("d", "T", uuid.uuid4(), {}).correlation_id
