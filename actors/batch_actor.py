@@ -114,12 +114,7 @@ class BatchActor:
             message = await self._inbox.receive()
             self.messages += 1
             if isinstance(message, BatchProgress):
-                self.counts = attrs.evolve(
-                    self.counts,
-                    completed_count=max(self.counts.completed_count, message.completed),
-                    failed_count=max(self.counts.failed_count, message.failed),
-                    canceled_count=max(self.counts.canceled_count, message.canceled),
-                )
+                self.counts = _advanced(self.counts, message)
             else:
                 self.counts = await self._read()
         return self.counts
@@ -168,3 +163,19 @@ class BatchActor:
                 self.domain,
                 self.callback_timeout,
             )
+
+
+def _advanced(counts: BatchMetadata, progress: BatchProgress) -> BatchMetadata:
+    """`counts` with `progress` applied: the terminal counts never go back; the
+    troubleshooting count is the message's, kept within what the terminal counts leave."""
+    completed = max(counts.completed_count, progress.completed)
+    failed = max(counts.failed_count, progress.failed)
+    canceled = max(counts.canceled_count, progress.canceled)
+    open_left = counts.total_count - completed - failed - canceled
+    return attrs.evolve(
+        counts,
+        completed_count=completed,
+        failed_count=failed,
+        canceled_count=canceled,
+        in_troubleshooting_count=min(progress.in_troubleshooting, open_left),
+    )

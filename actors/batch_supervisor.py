@@ -96,7 +96,7 @@ class BatchSupervisor:
 
     def deliver_changes(self, changes: Sequence[CommandChange]) -> None:
         """Route committed changes to the actors of watched batches (the fast path)."""
-        progress: dict[BatchKey, tuple[int, int, int]] = {}
+        progress: dict[BatchKey, tuple[int, int, int, int]] = {}
         completed: set[BatchKey] = set()
         for change in changes:
             if change.batch_id is None or (change.domain, change.batch_id) not in self._actors:
@@ -106,8 +106,8 @@ class BatchSupervisor:
                 progress[key] = change.batch_counts
             if change.batch_completed:
                 completed.add(key)
-        for key, (done, failed, canceled) in progress.items():
-            self._actors[key].deliver(BatchProgress(*key, done, failed, canceled))
+        for key, counts in progress.items():
+            self._actors[key].deliver(BatchProgress(*key, *counts))
         for key in completed:
             self._actors[key].deliver(BatchFinished(*key))
 

@@ -9,15 +9,17 @@ import attrs
 
 @attrs.frozen
 class BatchProgress:
-    """A batch's terminal counts as of a commit in this process. Absolute, not deltas:
-    these counts never decrease, so the highest seen is the latest, whatever the order
-    of arrival, and a count already read from the database is never added twice."""
+    """A batch's counts as of a commit in this process. Absolute, not deltas: terminal
+    counts never decrease, so the highest seen is the latest whatever the order of
+    arrival, and a count already read from the database is never added twice. The
+    troubleshooting count goes up and down: the latest message is taken."""
 
     domain: str
     batch_id: UUID
     completed: int
     failed: int
     canceled: int
+    in_troubleshooting: int
 
 
 @attrs.frozen

@@ -139,13 +139,20 @@ class _Counters:
     last_error: str | None = None
 
 
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} whose repr() failed>"
+
+
 def _error_details(details: Mapping[str, object] | None) -> dict[str, Any] | None:
     if details is None:
         return None
     try:
         encode_payload("details", details, max_bytes=64 * 1024, context="")
     except ValidationError:
-        return {"unserialisable_details": repr(details)[:1000]}
+        return {"unserialisable_details": storable_text(_safe_repr(details), max_length=1000)}
     return dict(details)
 
 
@@ -191,10 +198,11 @@ def outcome_of(
             )
         return result(outcome=Outcome.COMPLETED, result_json=result_json)
 
+    described: tuple[str, str, object, dict[str, Any] | None]
     if isinstance(error, CommandHandlerError):
         described = (type(error).__name__, error.code, error.message, _error_details(error.details))
     elif error is not None:
-        described = (type(error).__name__, "UNHANDLED_EXCEPTION", str(error), None)
+        described = (type(error).__name__, "UNHANDLED_EXCEPTION", error, None)
     else:
         described = ("HandlerTimeout", "HANDLER_TIMEOUT", "handler timed out", None)
     error_type, code, message, details = described
@@ -334,9 +342,10 @@ class Worker:
     async def _claim(self, limit: int) -> list[ClaimedCommand]:
         """Claim up to `limit` commands and record them as in flight.
 
-        Shielded (and bounded): a claim that commits is always recorded, so that stopping
-        releases it; cancelled mid-statement, it would hold its commands until their
-        leases expire and count an attempt that never ran.
+        Shielded: a claim that commits is recorded even if this task is cancelled
+        meanwhile, so that stopping releases it (cancelled mid-statement, it would hold its
+        commands until their leases expire and count an attempt that never ran). Bounded
+        by `_CLAIM_TIMEOUT`: only a claim whose answer takes longer is left to its lease.
         """
         try:
             with trio.CancelScope(shield=True), trio.fail_after(_CLAIM_TIMEOUT):
@@ -352,9 +361,10 @@ class Worker:
             self._counters.last_error = f"claim failed: {ex}"
             self._pool.outage.report(ex, f"worker {self.domain!r} could not claim")
             return []
-        except trio.TooSlowError:
-            self._counters.last_error = f"claim failed: no answer within {_CLAIM_TIMEOUT:.0f} s"
-            logger.warning("worker %r: %s", self.domain, self._counters.last_error)
+        except trio.TooSlowError:  # an unreachable database, as far as this worker can tell
+            silent = DatabaseUnavailableError(f"no answer within {_CLAIM_TIMEOUT:.0f} s")
+            self._counters.last_error = f"claim failed: {silent}"
+            self._pool.outage.report(silent, f"worker {self.domain!r} could not claim")
             return []
         self._counters.claim_statements += 1
         for claim in claimed:
@@ -438,7 +448,9 @@ class Worker:
                     value = await trio_asyncio.aio_as_trio(handler.fn)(command, context)
                 else:
                     value = await handler.fn(command, context)
-        except BaseException as ex:  # however a handler fails, it is its command's failure
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the process is asked to stop (Ctrl-C lands in running code): it does
+        except BaseException as ex:  # however else a handler fails, it is its command's failure
             await trio.lowlevel.checkpoint_if_cancelled()  # unless this worker is stopping
             return outcome_of(claim, max_attempts, self.retry_policy, error=ex)
         if scope is not None and scope.cancelled_caught:

@@ -29,7 +29,8 @@ from triobus.persistence.validation import NewCommand
 # command `c`, joined with `LEFT JOIN batch_updated bu` (see `CommandChange`).
 BATCH_CHANGE_COLUMNS = """coalesce(bu.newly_completed, false) AS batch_completed,
        bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
-       bu.canceled_count AS batch_canceled_count"""
+       bu.canceled_count AS batch_canceled_count,
+       bu.in_troubleshooting_count AS batch_tsq_count"""
 
 
 def batch_changes_sql(deltas: str) -> str:

@@ -173,8 +173,8 @@ class Reply:
 class CommandChange:
     """A committed state change of one command; `batch_completed` if it completed its batch.
 
-    `batch_counts` are its batch's (completed, failed, canceled) counts as of the commit,
-    when the change changed them.
+    `batch_counts` are its batch's (completed, failed, canceled, in_troubleshooting)
+    counts as of the commit, when the change changed them.
     """
 
     domain: str
@@ -182,7 +182,7 @@ class CommandChange:
     status: str
     batch_id: UUID | None
     batch_completed: bool
-    batch_counts: tuple[int, int, int] | None = None
+    batch_counts: tuple[int, int, int, int] | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> CommandChange:
@@ -198,6 +198,7 @@ class CommandChange:
                 row["batch_completed_count"],
                 row["batch_failed_count"],
                 row["batch_canceled_count"],
+                row["batch_tsq_count"],
             ),
         )
 

@@ -50,7 +50,8 @@ WITH changed AS (
 ), {batch_changes_sql("deltas")}
 SELECT c.domain, c.command_id, c.batch_id, c.status, false AS batch_completed,
        NULL::int AS batch_completed_count, NULL::int AS batch_failed_count,
-       NULL::int AS batch_canceled_count, pg_notify('triobus_command', c.domain)
+       NULL::int AS batch_canceled_count, NULL::int AS batch_tsq_count,
+       pg_notify('triobus_command', c.domain)
 FROM changed c
 """
 

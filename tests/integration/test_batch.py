@@ -459,7 +459,9 @@ async def test_batch_actor_never_counts_a_commit_twice(
         on_complete=None,
         callback_timeout=1.0,
     )
-    actor.deliver(BatchProgress("d", batch_id, completed=1, failed=0, canceled=0))
+    actor.deliver(
+        BatchProgress("d", batch_id, completed=1, failed=0, canceled=0, in_troubleshooting=2)
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
 

@@ -16,6 +16,7 @@ from triobus.actors import (
     HandlerContext,
     RetryPolicy,
     Runtime,
+    open_runtime,
 )
 
 ONE_ATTEMPT = RetryPolicy(max_attempts=1, backoff=(0.0,))
@@ -23,6 +24,11 @@ ONE_ATTEMPT = RetryPolicy(max_attempts=1, backoff=(0.0,))
 
 class CustomBaseError(BaseException):
     pass
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("even str() fails")
 
 
 async def outcome(
@@ -44,7 +50,7 @@ async def outcome(
 
 @pytest.mark.parametrize(
     "exception",
-    [KeyboardInterrupt, SystemExit, GeneratorExit, CustomBaseError],
+    [GeneratorExit, CustomBaseError, UnprintableError],
     ids=lambda e: e.__name__,
 )
 async def test_a_handler_raising_a_base_exception_fails_only_its_command(
@@ -52,7 +58,7 @@ async def test_a_handler_raising_a_base_exception_fails_only_its_command(
 ) -> None:
     @triobus_runtime.registry.handler("d", "Raise")
     async def raise_it(command: Command, ctx: HandlerContext) -> None:
-        raise exception("from a handler")
+        raise exception()
 
     @triobus_runtime.registry.handler("d", "Fine")
     async def fine(command: Command, ctx: HandlerContext) -> None:
@@ -103,3 +109,32 @@ async def test_an_asyncio_handler_that_cancels_its_own_task_fails_only_its_comma
     status, _ = await outcome(triobus_runtime, eventually, "AioSelfCancel")
     assert status is CommandStatus.IN_TROUBLESHOOTING_QUEUE
     assert await outcome(triobus_runtime, eventually, "Fine") == (CommandStatus.COMPLETED, None)
+
+
+@pytest.mark.parametrize("exception", [KeyboardInterrupt, SystemExit], ids=lambda e: e.__name__)
+async def test_ctrl_c_or_exit_in_a_handler_stops_the_runtime_and_releases_the_command(
+    triobus_dsn: str, triobus_runtime: Runtime, exception: type[BaseException]
+) -> None:
+    """Trio delivers a real Ctrl-C into whatever code runs, a handler included: the
+    process must stop, not retry the command; what was claimed is given back."""
+
+    async def interrupt(command: Command, ctx: HandlerContext) -> None:
+        raise exception()
+
+    async def run_until_stopped() -> None:
+        async with open_runtime(triobus_dsn, migrate=False) as runtime:
+            runtime.registry.register("d", "Interrupt", interrupt)
+            await runtime.start_worker("d")
+            await runtime.bus.send("d", "Interrupt", command_id, {})
+            await trio.sleep_forever()
+
+    command_id = uuid.uuid4()
+    with pytest.raises(BaseException) as raised:  # noqa: PT011 - checked below
+        await run_until_stopped()
+    error = raised.value
+    assert isinstance(error, exception) or (
+        isinstance(error, BaseExceptionGroup) and error.subgroup(exception) is not None
+    )
+    command = await triobus_runtime.bus.get_command("d", command_id)
+    assert command is not None
+    assert (command.status, command.attempts) == (CommandStatus.PENDING, 0)

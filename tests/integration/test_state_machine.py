@@ -545,7 +545,7 @@ class StoreMachine(RuleBasedStateMachine):
             batch = None if change.batch_id is None else (change.domain, change.batch_id)
             assert change.batch_completed == (batch in newly_final), change
             if batch in counted_batches:
-                assert change.batch_counts == self.batch_counts(batch)[:3], change
+                assert change.batch_counts == self.batch_counts(batch), change
             else:
                 assert change.batch_counts is None, change
 

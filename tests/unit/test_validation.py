@@ -87,7 +87,9 @@ def test_storable_text_escapes_nul_and_lone_surrogates_and_truncates() -> None:
     assert storable_text(Unprintable(), max_length=100) == "<Unprintable whose str() failed>"
 
 
-@pytest.mark.parametrize("value", [-1, 0, float("inf"), float("nan"), 1e12, True, "5", None])
+@pytest.mark.parametrize(
+    "value", [-1, 0, float("inf"), float("nan"), 1e12, 10**400, -(10**400), True, "5", None]
+)
 def test_seconds_must_be_positive_finite_and_at_most_ten_years(value: object) -> None:
     with pytest.raises(ValidationError, match="visibility_timeout must be a number of seconds"):
         check_seconds("visibility_timeout", value)
