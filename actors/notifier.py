@@ -78,13 +78,14 @@ class Notifier:
                     for note in await conn.wait_notifications(_IDLE_WAIT):
                         self.wake(note.channel, note.payload)
             except DatabaseUnavailableError as ex:
+                ex.stale = conn.opened_at < self._outage.ended_at
                 self._outage.report(ex, "the notifier lost its connection")
             finally:
                 with trio.CancelScope(shield=True):
                     await conn.close()
             conn = await self._reconnect()
             self.reconnects += 1
-            self._outage.recovered()
+            self._outage.recovered(conn.opened_at)
             logger.info("notifier reconnected; waking every subscriber")
             self._wake_everyone()
 

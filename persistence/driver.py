@@ -24,11 +24,13 @@ from __future__ import annotations
 import abc
 import enum
 import logging
+import math
 import random
 import select
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any, Self, TypeVar
 
 import attrs
@@ -59,6 +61,8 @@ _ACTIVE = pq.TransactionStatus.ACTIVE
 _IDLE = pq.TransactionStatus.IDLE
 # How long a cancelled query may take to stop before its connection is closed instead.
 _CANCEL_GRACE = 5.0
+# The longest a thread-driver notification wait blocks its connection (see wait_notifications).
+_THREAD_WAIT_SLICE = 0.2
 _ROLLBACK_TIMEOUT = 10.0
 
 
@@ -446,13 +450,21 @@ class ThreadConnection(Connection):
         await self._call(run)
 
     async def wait_notifications(self, timeout: float) -> list[Notification]:
-        def run() -> list[Notification]:
-            found = list(self._conn.notifies(timeout=timeout, stop_after=1))
+        """Waits in slices of at most `_THREAD_WAIT_SLICE`: a thread blocked in psycopg
+        holds the connection until its wait ends, so cancelling a long wait would stall."""
+
+        def run(wait: float) -> list[Notification]:
+            found = list(self._conn.notifies(timeout=wait, stop_after=1))
             if found:
                 found += list(self._conn.notifies(timeout=0))
             return [Notification(n.channel, n.payload, n.pid) for n in found]
 
-        return await self._call(run)
+        deadline = trio.current_time() + timeout
+        while True:
+            wait = min(_THREAD_WAIT_SLICE, max(0.0, deadline - trio.current_time()))
+            found = await self._call(partial(run, wait))
+            if found or trio.current_time() >= deadline:
+                return found
 
     def is_reusable(self) -> bool:
         return not self._conn.closed and self._conn.info.transaction_status == _IDLE
@@ -494,10 +506,17 @@ class _Idle:
 class Outage:
     """Whether the database is reachable, shared by everything that uses one pool, so an
     outage is logged once when it starts and once when it ends, however many tasks meet it.
+
+    Only a connection opened after an outage began proves it over: a statement that
+    still succeeds on an older one (the server is shutting down but has not reached
+    that backend yet) does not; and a loss met late on a connection from before the
+    last recovery (`DatabaseUnavailableError.stale`) belongs to the outage already logged.
+    Times are `time.monotonic()`, like `Connection.opened_at`.
     """
 
     def __init__(self) -> None:
-        self.since: float | None = None  # trio.current_time() when the outage began
+        self.since: float | None = None  # when the current outage began
+        self.ended_at = -math.inf  # when the last outage ended
         self.count = 0
 
     def report(self, error: DatabaseError, doing: str) -> None:
@@ -505,8 +524,8 @@ class Outage:
         any other error every time."""
         if not isinstance(error, DatabaseUnavailableError):
             logger.warning("%s: %s", doing, error)
-        elif self.since is None:
-            self.since = trio.current_time()
+        elif self.since is None and not error.stale:
+            self.since = time.monotonic()
             self.count += 1
             logger.warning(
                 "database unavailable (%s: %s); retrying with back-off and jitter", doing, error
@@ -514,11 +533,15 @@ class Outage:
         else:
             logger.debug("%s: %s", doing, error)
 
-    def recovered(self) -> None:
-        if self.since is not None:
-            logger.warning(
-                "database reachable again after %.1f s", trio.current_time() - self.since
-            )
+    def predates(self, conn: Connection) -> bool:
+        """Whether `conn` was opened before the current outage began (likely lost too)."""
+        return self.since is not None and conn.opened_at < self.since
+
+    def recovered(self, connected_at: float) -> None:
+        """A statement succeeded on a connection opened at `connected_at`."""
+        if self.since is not None and connected_at >= self.since:
+            self.ended_at = time.monotonic()
+            logger.warning("database reachable again after %.1f s", self.ended_at - self.since)
             self.since = None
 
 
@@ -528,7 +551,8 @@ class ConnectionPool:
     Invariants: at most `max_size` connections are open; a connection goes back to the
     idle stack only if it is open and IDLE, otherwise it is closed; a connection idle for
     longer than `check_after` seconds is checked with `SELECT 1` before it is handed out;
-    connections older than `max_lifetime` are replaced. Connecting retries with
+    connections older than `max_lifetime`, or opened before an ongoing outage began, are
+    replaced. Connecting retries with
     exponential back-off and jitter until `connect_timeout`, then raises
     `DatabaseUnavailableError`.
     """
@@ -578,12 +602,13 @@ class ConnectionPool:
             conn = await self._take()
             try:
                 yield conn
-            except DatabaseUnavailableError:
+            except DatabaseUnavailableError as ex:
+                ex.stale = conn.opened_at < self.outage.ended_at
                 await self._discard_idle()  # opened before the loss: most likely lost too
                 raise
             finally:
                 await self._give_back(conn)
-            self.outage.recovered()
+            self.outage.recovered(conn.opened_at)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -606,8 +631,10 @@ class ConnectionPool:
         while self._idle:
             idle = self._idle.pop()
             try:
-                usable = now - idle.conn.opened_at <= self.max_lifetime and (
-                    now - idle.released <= self.check_after or await self._healthy(idle.conn)
+                usable = (
+                    now - idle.conn.opened_at <= self.max_lifetime
+                    and not self.outage.predates(idle.conn)
+                    and (now - idle.released <= self.check_after or await self._healthy(idle.conn))
                 )
             except BaseException:  # cancelled during the health check: never lose the slot
                 with trio.CancelScope(shield=True):
@@ -649,7 +676,12 @@ class ConnectionPool:
 
     async def _give_back(self, conn: Connection) -> None:
         now = time.monotonic()
-        if self._closed or not conn.is_reusable() or now - conn.opened_at > self.max_lifetime:
+        if (
+            self._closed
+            or not conn.is_reusable()
+            or now - conn.opened_at > self.max_lifetime
+            or self.outage.predates(conn)
+        ):
             with trio.CancelScope(shield=True):
                 await self._discard(conn)
         else:

@@ -69,7 +69,13 @@ class UniqueViolationError(DatabaseError):
 
 
 class DatabaseUnavailableError(DatabaseError):
-    """The connection was lost, or no connection could be made in time."""
+    """The connection was lost, or no connection could be made in time.
+
+    `stale`: lost on a connection opened before the database last came back, so part of
+    an outage that has already been logged as over.
+    """
+
+    stale = False
 
 
 class InvalidOperationError(TriobusError):

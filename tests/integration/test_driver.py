@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -132,6 +133,23 @@ async def test_listen_notify(pool: ConnectionPool) -> None:
         await listener.execute("UNLISTEN *")
 
 
+async def test_cancelled_notification_wait_frees_the_connection_at_once(
+    pool: ConnectionPool,
+) -> None:
+    """Stopping a listener must not stall on its wait (the thread driver once held the
+    connection for the rest of a 30 s wait, and then closed it)."""
+    async with pool.connection() as listener:
+        await listener.execute("LISTEN triobus_test")
+        with trio.fail_after(3):  # far below the 30 s wait and the 10 s cancel grace
+            with trio.move_on_after(0.1):
+                await listener.wait_notifications(30.0)
+            async with pool.connection() as sender:
+                await sender.execute("SELECT pg_notify('triobus_test', 'after')")
+            got = await listener.wait_notifications(2.0)
+        assert [n.payload for n in got] == ["after"]
+        await listener.execute("UNLISTEN *")
+
+
 async def test_copy_rows(pool: ConnectionPool) -> None:
     async with pool.connection() as conn:
         await conn.copy_rows("COPY t (id, note) FROM STDIN", ((i, f"n{i}") for i in range(5000)))
@@ -173,6 +191,40 @@ async def test_connection_loss_is_reported_and_the_pool_replaces_the_connection(
     async with pool.connection() as conn:
         assert conn.backend_pid != pid
         assert await conn.fetch_one("SELECT 1 AS one") == {"one": 1}
+
+
+async def test_a_loss_met_late_on_a_connection_from_before_the_recovery_is_not_a_new_outage(
+    pool: ConnectionPool, triobus_dsn: str, driver: DriverKind
+) -> None:
+    """Another task (the notifier, say) saw the outage and its end first: a worker that
+    only now fails on a connection from before the recovery must not log a second one."""
+
+    async def lost_in_pool(first: Callable[[], None]) -> DatabaseUnavailableError:
+        """The error met on a pooled connection whose backend is terminated after `first`."""
+        try:
+            async with pool.connection() as conn:
+                first()
+                killer = await connect(triobus_dsn, driver)
+                try:
+                    await killer.execute("SELECT pg_terminate_backend(%s)", (conn.backend_pid,))
+                finally:
+                    await killer.close()
+                await conn.execute("SELECT 1")
+        except DatabaseUnavailableError as ex:
+            return ex
+        raise AssertionError("the connection survived its backend")
+
+    def outage_seen_and_over_elsewhere() -> None:
+        pool.outage.report(DatabaseUnavailableError("seen by another task"), "elsewhere")
+        pool.outage.recovered(time.monotonic())  # proven by a connection opened now
+
+    late = await lost_in_pool(outage_seen_and_over_elsewhere)
+    pool.outage.report(late, "writing results")
+    assert (late.stale, pool.outage.count, pool.outage.since) == (True, 1, None)
+
+    fresh = await lost_in_pool(lambda: None)  # a connection opened after the recovery
+    pool.outage.report(fresh, "writing results")
+    assert (fresh.stale, pool.outage.count) == (False, 2)
 
 
 async def test_health_check_discards_dead_idle_connections(
