@@ -197,11 +197,14 @@ class Bench:
 
     async def cost_per_command(self) -> None:
         count = 20_000
-        async with self.database() as dsn, open_runtime(dsn, migrate=False) as runtime:
+        async with self.database() as dsn:
             conn = await connect(dsn)
             try:
                 await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-                async with worker_processes(dsn, "bench", 1, 64):
+                async with (
+                    open_runtime(dsn, migrate=False) as runtime,
+                    worker_processes(dsn, "bench", 1, 64),
+                ):
                     before = await self._writes(conn)
                     await conn.execute("SELECT pg_stat_statements_reset()")
                     await run_batch(runtime, "bench", count)
@@ -212,7 +215,7 @@ class Bench:
                         " AND query NOT ILIKE '%pg_stat_statements%'"
                         " ORDER BY calls DESC"
                     )
-                    after = await self._writes(conn)
+                after = await self._flushed_writes(conn)
             finally:
                 await conn.close()
         total = sum(int(r["calls"]) for r in calls)
@@ -241,6 +244,19 @@ class Bench:
             " WHERE schemaname = 'triobus'"
         )
         return int(row["n"])
+
+    async def _flushed_writes(self, conn: Any) -> int:
+        """`_writes` once every backend that wrote has reported: backends send their table
+        statistics at most once a second and at exit, so this runs after the workers and
+        the runtime have disconnected, and waits for the figure to stop changing."""
+        last = await self._writes(conn)
+        with trio.fail_after(30):
+            while True:
+                await trio.sleep(1.5)
+                now = await self._writes(conn)
+                if now == last:
+                    return now
+                last = now
 
     async def latency(self, rate: float = 500.0, seconds: float = 10.0) -> None:
         async with (
