@@ -552,9 +552,8 @@ class ConnectionPool:
     idle stack only if it is open and IDLE, otherwise it is closed; a connection idle for
     longer than `check_after` seconds is checked with `SELECT 1` before it is handed out;
     connections older than `max_lifetime`, or opened before an ongoing outage began, are
-    replaced. Connecting retries with
-    exponential back-off and jitter until `connect_timeout`, then raises
-    `DatabaseUnavailableError`.
+    replaced. Connecting retries with exponential back-off and jitter until
+    `connect_timeout`, then raises `DatabaseUnavailableError`.
     """
 
     def __init__(
