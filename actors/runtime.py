@@ -95,8 +95,11 @@ class Runtime:
         self.dsn = dsn
         self.pool = pool
         self.registry = registry
+        self.max_payload_bytes = max_payload_bytes
         self.bus = CommandBus(pool, notifier, batches, max_payload_bytes=max_payload_bytes)
-        self.tsq = TroubleshootingQueue(pool, on_changed=batches.deliver_changes)
+        self.tsq = TroubleshootingQueue(
+            pool, on_changed=batches.deliver_changes, max_payload_bytes=max_payload_bytes
+        )
         self._batches = batches
         self._notifier = notifier
         self._nursery = nursery
@@ -151,6 +154,7 @@ class Runtime:
             heartbeat_interval=heartbeat if heartbeat is not None else timeout / 3,
             grace_period=check_seconds("grace_period", grace_period, context=context),
             on_acked=self._batches.deliver_changes,
+            max_result_bytes=self.max_payload_bytes,
         )
         await self._nursery.start(worker.run)
         self._workers.append(worker)

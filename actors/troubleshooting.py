@@ -53,9 +53,16 @@ def _optional_operator(operator: str | None, context: str) -> str | None:
 class TroubleshootingQueue:
     """Lists the TSQ and applies the operator's actions (see the module docstring)."""
 
-    def __init__(self, pool: ConnectionPool, on_changed: OnChanged | None = None) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        on_changed: OnChanged | None = None,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self._pool = pool
         self._on_changed = on_changed
+        self._max_payload_bytes = max_payload_bytes
 
     async def list_troubleshooting(
         self, domain: str, *, command_type: str | None = None, limit: int = 50, offset: int = 0
@@ -119,7 +126,7 @@ class TroubleshootingQueue:
         result_json = None
         if result_data is not None:
             result_json = encode_payload(
-                "result_data", result_data, max_bytes=DEFAULT_MAX_PAYLOAD_BYTES, context=context
+                "result_data", result_data, max_bytes=self._max_payload_bytes, context=context
             )
         await self._act_on_one(
             OperatorAction.COMPLETE,

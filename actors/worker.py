@@ -59,6 +59,8 @@ from triobus.persistence.queue import (
 from triobus.persistence.records import CommandChange
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_ATTEMPTS_LIMIT,
+    check_positive_int,
     check_seconds,
     encode_payload,
     storable_text,
@@ -92,8 +94,7 @@ def _to_delays(value: Iterable[float]) -> tuple[float, ...]:
 
 
 def _check_max_attempts(instance: RetryPolicy, attribute: Any, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValidationError(f"max_attempts must be an int >= 1, got {value!r}")
+    check_positive_int("max_attempts", value, limit=MAX_ATTEMPTS_LIMIT, context="RetryPolicy")
 
 
 @attrs.frozen
@@ -168,6 +169,7 @@ def outcome_of(
     value: object = None,
     error: BaseException | None = None,
     timed_out: bool = False,
+    max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> HandlerResult:
     """Map what a handler did to its outcome (ARCHITECTURE §7), in one place.
 
@@ -189,7 +191,7 @@ def outcome_of(
                 else encode_payload(
                     "handler result",
                     value,
-                    max_bytes=DEFAULT_MAX_PAYLOAD_BYTES,
+                    max_bytes=max_result_bytes,
                     context=f"domain {claim.domain!r}, command {claim.command_id}",
                 )
             )
@@ -250,6 +252,7 @@ class Worker:
         heartbeat_interval: float | None,
         grace_period: float,
         on_acked: Callable[[Sequence[CommandChange]], None] | None = None,
+        max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.domain = domain
         self._pool = pool
@@ -263,6 +266,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self._on_acked = on_acked
+        self.max_result_bytes = max_result_bytes
         self._in_flight: dict[UUID, ClaimedCommand] = {}
         self._unfinished = 0  # claimed, their handler not yet finished
         self._claim_batch = max(1, concurrency // 2)
@@ -460,7 +464,13 @@ class Worker:
             return outcome_of(claim, max_attempts, self.retry_policy, error=ex)
         if scope is not None and scope.cancelled_caught:
             return outcome_of(claim, max_attempts, self.retry_policy, timed_out=True)
-        return outcome_of(claim, max_attempts, self.retry_policy, value=value)
+        return outcome_of(
+            claim,
+            max_attempts,
+            self.retry_policy,
+            value=value,
+            max_result_bytes=self.max_result_bytes,
+        )
 
     # -- acker --------------------------------------------------------------------------
 

@@ -1130,8 +1130,9 @@ REGISTRY_CASES = [
         )
         for i, (field, kind, kwargs, match) in enumerate(
             [
-                ("max_attempts", "range", {"max_attempts": 0}, "max_attempts must be an int >= 1"),
-                ("max_attempts", "range", {"max_attempts": -1}, "max_attempts must be an int"),
+                ("max_attempts", "range", {"max_attempts": 0}, "max_attempts must be between 1"),
+                ("max_attempts", "range", {"max_attempts": -1}, "max_attempts must be between 1"),
+                ("max_attempts", "huge", {"max_attempts": 1001}, "between 1 and 1000, got 1001"),
                 ("max_attempts", "wrong-type", {"max_attempts": True}, "max_attempts must be"),
                 ("max_attempts", "wrong-type", {"max_attempts": "3"}, "max_attempts must be"),
                 ("max_attempts", "wrong-type", {"max_attempts": 1.5}, "max_attempts must be"),

@@ -378,22 +378,24 @@ async def test_reconciliation_delivers_a_completion_whose_notification_was_lost(
 
 
 async def test_notifier_connection_terminated_around_completion(
-    triobus_dsn: str,
+    triobus_dsn: str, eventually: Callable[..., Any]
 ) -> None:
     on_complete = Calls()
     async with open_runtime(triobus_dsn, migrate=False, batch_reconcile_interval=0.5) as runtime:
         batch_id = await runtime.bus.create_batch(
             "d", commands(*["ok"] * 200), on_complete=on_complete
         )
-        process = await start_worker_process(triobus_dsn)
         killer = await connect(triobus_dsn)
+        kill_listeners = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+        )
+        await killer.execute(kill_listeners)  # at least once before the batch can complete
+        process = await start_worker_process(triobus_dsn)
         try:
             with trio.move_on_after(30):
-                while not on_complete.called.is_set():  # keep killing the LISTEN backend
-                    await killer.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
-                    )
+                while not on_complete.called.is_set():  # keep killing the LISTEN backends
+                    await killer.execute(kill_listeners)
                     await trio.sleep(0.05)
             result = await on_complete.wait(30)
         finally:
@@ -401,7 +403,11 @@ async def test_notifier_connection_terminated_around_completion(
             process.kill()
             await process.wait()
         assert result.batch_id == batch_id and result.completed_count == 200
-        assert runtime.statistics().notifier_reconnects >= 1
+
+        async def reconnected() -> bool:
+            return runtime.statistics().notifier_reconnects >= 1
+
+        await eventually(reconnected)
         await trio.testing.wait_all_tasks_blocked()
     assert len(on_complete.calls) == 1
 

@@ -29,6 +29,7 @@ from triobus.actors import (
     TransientCommandError,
     ValidationError,
     handler,
+    open_runtime,
 )
 
 E = AuditEventType
@@ -90,6 +91,45 @@ async def test_success_stores_result_audit_and_one_reply(
     (reply,) = await triobus_runtime.bus.read_replies("d.replies")
     assert reply.outcome is ReplyOutcome.SUCCESS and reply.data == {"sum": 3}
     assert (reply.command_id, reply.correlation_id) == (sent.command_id, sent.correlation_id)
+
+
+async def test_the_runtime_payload_limit_bounds_handler_and_operator_results(
+    triobus_dsn: str, eventually: Callable[..., Any]
+) -> None:
+    """`max_payload_bytes` bounds results as it bounds commands: above the 1 MiB default
+    when configured so; a result above it goes to the TSQ and never reaches the table."""
+    limit = 2 * 1024 * 1024
+    above_default = 1024 * 1024 + 10
+    async with open_runtime(triobus_dsn, migrate=False, max_payload_bytes=limit) as runtime:
+
+        @runtime.registry.handler("d", "Echo")
+        async def echo(command: Command, ctx: HandlerContext) -> dict[str, str]:
+            return {"text": "x" * command.data["size"]}
+
+        await runtime.start_worker("d", retry_policy=FAST)
+        fits, too_big = [
+            await runtime.bus.send("d", "Echo", uuid.uuid4(), {"size": size})
+            for size in (above_default, limit)
+        ]
+        done = await wait_status(runtime, eventually, fits.command_id, CommandStatus.COMPLETED)
+        assert done.result == {"text": "x" * above_default}
+        refused = await wait_status(
+            runtime, eventually, too_big.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE
+        )
+        assert refused.last_error is not None and refused.result is None
+        assert refused.last_error.code == "INVALID_RESULT"
+        assert f"the limit is {limit}" in (refused.last_error.message or "")
+
+        with pytest.raises(ValidationError, match=f"the limit is {limit}.*{too_big.command_id}"):
+            await runtime.tsq.operator_complete(
+                "d", too_big.command_id, result_data={"text": "x" * limit}
+            )
+        assert (await runtime.bus.get_command("d", too_big.command_id)) == refused
+        await runtime.tsq.operator_complete(
+            "d", too_big.command_id, result_data={"text": "x" * above_default}
+        )
+        completed = await runtime.bus.get_command("d", too_big.command_id)
+        assert completed is not None and completed.status == CommandStatus.COMPLETED
 
 
 async def test_transient_errors_retry_with_backoff_then_move_to_tsq(
