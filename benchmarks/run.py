@@ -371,7 +371,7 @@ class Bench:
             [[summary(seconds, 2), summary(building, 2), summary(peaks)]],
             "The caller builds the 100,000 `BatchCommand`s (uuid4 ids, small JSON objects)"
             " before the clock starts; the second column is that time, not part of the first."
-            " Runs before 2026-11-29 08:20 UTC built them lazily inside the timed call (0.4-0.5 s"
+            " Runs before 2026-11-29 08:05 UTC built them lazily inside the timed call (0.4-0.5 s"
             " of the figure then reported). Peak RSS includes the inputs.",
         )
 
@@ -394,29 +394,42 @@ class Bench:
         self.section("Memory: worker process RSS (MiB)", ["when", "RSS"], rows)
 
     async def peers(self) -> None:
-        """PgQueuer, Procrastinate and triobus on the processing phase; the pgbench ceiling."""
-        phase: dict[tuple[int, int], float] = {}
-        rows = []
-        for processes, concurrency in ((1, 16), (1, 64), (2, 64)):
-            rates = [
-                PEER_JOBS / await self._triobus_phase(processes, concurrency)
-                for _ in range(self.runs)
-            ]
-            phase[processes, concurrency] = statistics.median(rates)
-            rows.append(
-                [
-                    "triobus",
-                    "native Trio psycopg driver",
-                    str(processes),
-                    str(concurrency),
-                    summary(rates),
-                    "—",
-                    "—",
-                ]
-            )
+        """PgQueuer, Procrastinate and triobus on the processing phase; the pgbench ceiling.
+
+        Interleaved: each round measures every configuration once, so the machine's drift
+        during the scenario (it can be tens of percent on a shared VM) hits all alike, and
+        each ratio is the median of the per-round ratios of triobus and the peer.
+        """
         packages = sorted({p for config in PEER_CONFIGS for p in (config.package, *config.needs)})
         versions = await installed_versions(BENCH_VENV / "bin" / "python", packages)
-        for config in PEER_CONFIGS:
+        triobus_keys = ((1, 16), (1, 64), (2, 64))
+        phase: dict[tuple[int, int], list[float]] = {key: [] for key in triobus_keys}
+        peer_rates: dict[int, list[float]] = {}
+        failures: dict[int, str] = {}
+        for index, config in enumerate(PEER_CONFIGS):
+            missing = [p for p in (config.package, *config.needs) if versions[p] is None]
+            if missing:
+                failures[index] = f"not run: {', '.join(missing)} not in {BENCH_VENV}"
+            else:
+                peer_rates[index] = []
+        for _ in range(self.runs):
+            for processes, concurrency in triobus_keys:
+                seconds = await self._triobus_phase(processes, concurrency)
+                phase[processes, concurrency].append(PEER_JOBS / seconds)
+            for index, config in enumerate(PEER_CONFIGS):
+                if index in failures:
+                    continue
+                try:
+                    result = await self._peer_run(config.script, config.arguments())
+                except PeerError as ex:
+                    failures[index] = f"failed: {ex}"
+                    continue
+                peer_rates[index].append(result["jobs_per_s"])
+        rows = [
+            ["triobus", "native Trio psycopg driver", str(p), str(c), summary(rates), "—", "—"]
+            for (p, c), rates in phase.items()
+        ]
+        for index, config in enumerate(PEER_CONFIGS):
             key = (config.processes, config.concurrency or 64)
             row = [
                 f"{config.system} {versions[config.package] or ''}".strip(),
@@ -424,24 +437,20 @@ class Bench:
                 str(config.processes),
                 str(config.concurrency or "unlimited"),
             ]
-            missing = [p for p in (config.package, *config.needs) if versions[p] is None]
-            if missing:
-                rows.append([*row, f"not run: {', '.join(missing)} not in {BENCH_VENV}", "", ""])
+            if index in failures:
+                rows.append([*row, failures[index], "", ""])
                 continue
-            try:
-                rates = [
-                    (await self._peer_run(config.script, config.arguments()))["jobs_per_s"]
-                    for _ in range(self.runs)
+            rates = peer_rates[index]
+            paired = statistics.median(t / r for t, r in zip(phase[key], rates, strict=True))
+            scenario = self.throughput_rates.get(key)
+            rows.append(
+                [
+                    *row,
+                    summary(rates),
+                    f"{paired:.2f}",
+                    "n/a" if scenario is None else f"{scenario / statistics.median(rates):.2f}",
                 ]
-            except PeerError as ex:
-                rows.append([*row, f"failed: {ex}", "", ""])
-                continue
-            median = statistics.median(rates)
-            ratios = [
-                f"{triobus[key] / median:.2f}" if key in triobus else "n/a"
-                for triobus in (phase, self.throughput_rates)
-            ]
-            rows.append([*row, summary(rates), *ratios])
+            )
         self.section(
             f"Peers: {PEER_JOBS:,} no-op jobs, processing phase (enqueued first; timed from"
             " starting the connected, idle worker processes until all jobs are done)",
@@ -457,7 +466,7 @@ class Bench:
             rows,
             PEERS_NOTE,
         )
-        await self.pgbench(max(phase.values()))
+        await self.pgbench(max(statistics.median(rates) for rates in phase.values()))
 
     async def _triobus_phase(self, processes: int, concurrency: int) -> float:
         """Seconds from starting gated workers on an already created batch to on_complete."""
@@ -617,12 +626,15 @@ its buffered completions are flushed; Procrastinate: `run_worker_async(wait=Fals
 returned). PgQueuer's batch is its dequeue batch size (at most half of
 `max_concurrent_tasks`); its default is 10 with unlimited concurrency. triobus rows: the
 batch is created first, then gated worker processes start claiming (benchmarks/
-worker_process.py ... gated) and the clock stops at on_complete in this process. The ratio
-columns divide triobus's median at the same worker processes and concurrency (64 for
-"unlimited") by the peer's: from the triobus rows above (processing phase, the same method)
-and from the throughput scenario (create_batch → on_complete, creation included: not the
-same method; n/a when that scenario was not run). triobus also writes an audit trail and
-batch counters that the peers do not."""
+worker_process.py ... gated) and the clock stops at on_complete in this process. Runs are
+interleaved: each round measures every row once, so drift in the machine's speed during the
+scenario hits all rows alike. The ratio columns compare triobus at the same worker
+processes and concurrency (64 for "unlimited") with the peer: the processing-phase column
+is the median of the per-round ratios (triobus's run and the peer's run of the same round,
+the same method); the throughput-scenario column divides that scenario's median
+(create_batch → on_complete, creation included: not the same method; n/a when it was not
+run) by the peer's median. triobus also writes an audit trail and batch counters that the
+peers do not."""
 
 PGBENCH_NOTE = """\
 benchmarks/peers/pgbench_peer.py with {program}, prepared statements: a plain
