@@ -745,6 +745,8 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
         f"- PostgreSQL {version}: " + ", ".join(f"{s['name']}={s['setting']}" for s in settings),
         f"- command: `python {' '.join(sys.argv)}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         f"- medians of {runs} runs with min-max where marked; client and server share the machine",
+        "- on a shared VM the machine's speed drifts (up to 2x between runs an hour apart):"
+        " compare the peers scenario's same-round ratios, not absolute figures across runs",
     ]
     await trio.Path(output).write_text(
         "\n".join(header) + "\n\n" + "\n\n".join(bench.sections) + "\n"
