@@ -78,7 +78,7 @@ class Notifier:
                     for note in await conn.wait_notifications(_IDLE_WAIT):
                         self.wake(note.channel, note.payload)
             except DatabaseUnavailableError as ex:
-                ex.stale = conn.opened_at < self._outage.ended_at
+                self._outage.lost(ex, conn)
                 self._outage.report(ex, "the notifier lost its connection")
             finally:
                 with trio.CancelScope(shield=True):

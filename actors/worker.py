@@ -144,20 +144,13 @@ class _Counters:
     last_error: str | None = None
 
 
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__} whose repr() failed>"
-
-
 def _error_details(details: Mapping[str, object] | None) -> dict[str, Any] | None:
     if details is None:
         return None
     try:
         encode_payload("details", details, max_bytes=64 * 1024, context="")
     except ValidationError:
-        return {"unserialisable_details": storable_text(_safe_repr(details), max_length=1000)}
+        return {"unserialisable_details": storable_text(details, max_length=1000)}
     return dict(details)
 
 

@@ -533,6 +533,10 @@ class Outage:
         else:
             logger.debug("%s: %s", doing, error)
 
+    def lost(self, error: DatabaseUnavailableError, conn: Connection) -> None:
+        """`error` was met on `conn`: mark it stale if `conn` predates the last recovery."""
+        error.stale = conn.opened_at < self.ended_at
+
     def predates(self, conn: Connection) -> bool:
         """Whether `conn` was opened before the current outage began (likely lost too)."""
         return self.since is not None and conn.opened_at < self.since
@@ -602,7 +606,7 @@ class ConnectionPool:
             try:
                 yield conn
             except DatabaseUnavailableError as ex:
-                ex.stale = conn.opened_at < self.outage.ended_at
+                self.outage.lost(ex, conn)
                 await self._discard_idle()  # opened before the loss: most likely lost too
                 raise
             finally:
