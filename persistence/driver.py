@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import select
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -374,15 +375,22 @@ class NativeConnection(Connection):
 # Thread driver: psycopg's public sync API in Trio worker threads.
 
 
+class _AbandonedCallError(Exception):
+    """A call cancelled before its thread started: it is not run."""
+
+
 class ThreadConnection(Connection):
     """`Connection` over sync psycopg, each call in a Trio worker thread.
 
     On cancellation the thread is abandoned, the query is cancelled server-side and the
     caller waits (shielded, bounded) until the abandoned call has released the connection.
+    An abandoned call whose thread had not started yet never runs: it would otherwise run
+    later, out of order, on a connection already given to someone else.
     """
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._conn = conn
+        self._running = threading.Lock()  # held by the thread running a call
         self.backend_pid = conn.info.backend_pid
         self.opened_at = time.monotonic()
 
@@ -395,13 +403,18 @@ class ThreadConnection(Connection):
         return cls(await trio.to_thread.run_sync(connect, abandon_on_cancel=True))
 
     async def _call(self, fn: Callable[[], RV]) -> RV:
+        abandoned = threading.Event()
+
         def translated() -> RV:
-            with _translated_errors():
+            with self._running, _translated_errors():
+                if abandoned.is_set():
+                    raise _AbandonedCallError  # nobody waits for it any more
                 return fn()
 
         try:
             return await trio.to_thread.run_sync(translated, abandon_on_cancel=True)
         except trio.Cancelled:
+            abandoned.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._stop_abandoned_call)
             raise
@@ -413,8 +426,8 @@ class ThreadConnection(Connection):
                 conn.cancel_safe(timeout=_CANCEL_GRACE)
             except psycopg.Error:
                 logger.warning("query cancellation failed", exc_info=True)
-        if conn.lock.acquire(timeout=_CANCEL_GRACE * 2):
-            conn.lock.release()
+        if self._running.acquire(timeout=_CANCEL_GRACE * 2):
+            self._running.release()
         else:
             logger.warning("abandoned query still running: closing its connection")
             conn.pgconn.finish()

@@ -153,6 +153,36 @@ async def test_cancelled_notification_wait_frees_the_connection_at_once(
         await listener.execute("UNLISTEN *")
 
 
+async def test_a_thread_call_cancelled_before_its_thread_ran_never_runs(
+    triobus_dsn: str,
+) -> None:
+    """Under load a worker thread can start after its call was cancelled and the
+    connection handed on; the statement must then not run late, out of order. The test
+    holds the thread driver's running lock to stand for a thread that has not started."""
+    conn = await connect(triobus_dsn, DriverKind.THREAD)
+    assert isinstance(conn, driver_module.ThreadConnection)
+    try:
+        await conn.execute("CREATE TEMP TABLE late (id int)")
+        insert_scope = trio.CancelScope()
+
+        async def insert() -> None:
+            with insert_scope:
+                await conn.execute("INSERT INTO late VALUES (1)")
+
+        conn._running.acquire()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(insert)
+            await trio.testing.wait_all_tasks_blocked()  # its thread waits on the lock
+            insert_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()  # the cancellation waits too
+            conn._running.release()
+        with trio.fail_after(5):
+            row = await conn.fetch_one("SELECT count(*) AS n FROM late")
+        assert row == {"n": 0}
+    finally:
+        await conn.close()
+
+
 async def test_copy_rows(pool: ConnectionPool) -> None:
     async with pool.connection() as conn:
         await conn.copy_rows("COPY t (id, note) FROM STDIN", ((i, f"n{i}") for i in range(5000)))
