@@ -148,7 +148,7 @@ def _error_details(details: Mapping[str, object] | None) -> dict[str, Any] | Non
     if details is None:
         return None
     try:
-        encode_payload("details", details, max_bytes=64 * 1024, context="")
+        encode_payload("details", details, max_bytes=64 * 1024)
     except ValidationError:
         return {"unserialisable_details": storable_text(details, max_length=1000)}
     return dict(details)

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from uuid import UUID
@@ -165,25 +166,26 @@ def check_dsn(value: object) -> str:
     return value
 
 
-def encode_payload(kind: str, data: object, *, max_bytes: int, context: str) -> str:
+def encode_payload(kind: str, data: object, *, max_bytes: int, context: str = "") -> str:
     """A JSON object, encoded; rejects non-JSON values, NaN/Infinity, NUL and oversize."""
+    where = f" ({context})" if context else ""
     if not isinstance(data, Mapping):
         raise ValidationError(
-            f"{kind} must be a JSON object (a mapping), got {type(data).__name__} ({context})"
+            f"{kind} must be a JSON object (a mapping), got {type(data).__name__}{where}"
         )
     try:
         text = _JSON.encode(data if type(data) is dict else dict(data))
-        encoded = text.encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as ex:  # UnicodeEncodeError is a ValueError
-        raise ValidationError(f"{kind} is not JSON-serialisable: {ex} ({context})") from None
+        # ASCII text is as many bytes as characters; other text is encoded, which also
+        # refuses lone surrogates (UnicodeEncodeError is a ValueError)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as ex:
+        raise ValidationError(f"{kind} is not JSON-serialisable: {ex}{where}") from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValidationError(
-            f"{kind} contains a NUL character, which PostgreSQL cannot store ({context})"
+            f"{kind} contains a NUL character, which PostgreSQL cannot store{where}"
         )
-    if len(encoded) > max_bytes:
-        raise ValidationError(
-            f"{kind} is {len(encoded)} bytes as JSON, the limit is {max_bytes} ({context})"
-        )
+    if size > max_bytes:
+        raise ValidationError(f"{kind} is {size} bytes as JSON, the limit is {max_bytes}{where}")
     return text
 
 
@@ -203,11 +205,12 @@ class NewCommand:
 
 
 def check_schedule(
-    delay: object, not_before: object, *, context: str
+    delay: object, not_before: object, *, context: str = ""
 ) -> tuple[float | None, datetime | None]:
     """`delay` (seconds >= 0) or `not_before` (an aware datetime), not both."""
+    where = f" ({context})" if context else ""
     if delay is not None and not_before is not None:
-        raise ValidationError(f"give delay or not_before, not both ({context})")
+        raise ValidationError(f"give delay or not_before, not both{where}")
     checked_delay = (
         None if delay is None else check_seconds("delay", delay, allow_zero=True, context=context)
     )
@@ -215,31 +218,44 @@ def check_schedule(
         not isinstance(not_before, datetime) or not_before.tzinfo is None
     ):
         raise ValidationError(
-            f"not_before must be a timezone-aware datetime, got {not_before!r:.80} ({context})"
+            f"not_before must be a timezone-aware datetime, got {not_before!r:.80}{where}"
         )
     return checked_delay, not_before
 
 
-class _RandomUUIDs:
-    """uuid4 values, drawn from one `os.urandom` call per 256 ids: for a big batch the
-    system call per id is most of the cost of generating its correlation ids."""
+class _TimeOrderedUUIDs:
+    """UUIDv7 values (RFC 9562): 48 bits of Unix time in milliseconds, then 74 random bits,
+    drawn from one `os.urandom` call per 256 ids (a system call per id would be most of
+    the cost for a big batch). Ids generated close in time sort close together, so the
+    index on correlation ids takes them near its right edge, not on random pages."""
+
+    _LOW_62_BITS = (1 << 62) - 1
+    _VERSION_AND_VARIANT = (0x7 << 76) | (0x2 << 62)
 
     def __init__(self) -> None:
         self._pool = b""
-        # A forked child must not hand out the ids its parent has buffered.
+        self._offset = 0
+        # A forked child must not hand out the random bits its parent has buffered.
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
-        self._pool = b""
+        self._pool, self._offset = b"", 0
 
     def next(self) -> UUID:
-        if not self._pool:
-            self._pool = os.urandom(16 * 256)
-        chunk, self._pool = self._pool[:16], self._pool[16:]
-        return UUID(bytes=chunk, version=4)
+        if self._offset >= len(self._pool):
+            self._pool, self._offset = os.urandom(10 * 256), 0
+        bits = int.from_bytes(self._pool[self._offset : self._offset + 10])  # 80 random bits
+        self._offset += 10
+        millis = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
+        return UUID(
+            int=(millis << 80)
+            | ((bits >> 62 & 0xFFF) << 64)
+            | (bits & self._LOW_62_BITS)
+            | self._VERSION_AND_VARIANT
+        )
 
 
-_random_uuids = _RandomUUIDs()
+_random_uuids = _TimeOrderedUUIDs()
 
 
 def new_command(
@@ -255,32 +271,37 @@ def new_command(
     not_before: object = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> NewCommand:
-    """Validate everything `send` takes; generate a correlation id when none is given."""
+    """Validate everything `send` takes; generate a correlation id when none is given.
+
+    The checks run without a context; a failure's message gets the domain and id then
+    (formatting them up front is a third of the cost for a batch of small commands)."""
     checked_domain = check_name("domain", domain)
-    checked_id = check_uuid("command_id", command_id, context=f"domain {checked_domain!r}")
-    context = f"domain {checked_domain!r}, command {checked_id}"
-    checked_delay, checked_not_before = check_schedule(delay, not_before, context=context)
-    return NewCommand(
-        domain=checked_domain,
-        command_type=check_name("command_type", command_type, context=context),
-        command_id=checked_id,
-        data_json=encode_payload("data", data, max_bytes=max_payload_bytes, context=context),
-        correlation_id=(
-            _random_uuids.next()
-            if correlation_id is None
-            else check_uuid("correlation_id", correlation_id, context=context)
-        ),
-        reply_to=None if reply_to is None else check_name("reply_to", reply_to, context=context),
-        max_attempts=(
-            None
-            if max_attempts is None
-            else check_positive_int(
-                "max_attempts", max_attempts, limit=MAX_ATTEMPTS_LIMIT, context=context
-            )
-        ),
-        delay=checked_delay,
-        not_before=checked_not_before,
-    )
+    checked_id: UUID | None = None
+    try:
+        checked_id = check_uuid("command_id", command_id)
+        checked_delay, checked_not_before = check_schedule(delay, not_before)
+        return NewCommand(
+            domain=checked_domain,
+            command_type=check_name("command_type", command_type),
+            command_id=checked_id,
+            data_json=encode_payload("data", data, max_bytes=max_payload_bytes),
+            correlation_id=(
+                _random_uuids.next()
+                if correlation_id is None
+                else check_uuid("correlation_id", correlation_id)
+            ),
+            reply_to=None if reply_to is None else check_name("reply_to", reply_to),
+            max_attempts=(
+                None
+                if max_attempts is None
+                else check_positive_int("max_attempts", max_attempts, limit=MAX_ATTEMPTS_LIMIT)
+            ),
+            delay=checked_delay,
+            not_before=checked_not_before,
+        )
+    except ValidationError as ex:
+        command = "" if checked_id is None else f", command {checked_id}"
+        raise ValidationError(f"{ex} (domain {checked_domain!r}{command})") from None
 
 
 def check_text(kind: str, value: object, *, max_length: int, context: str) -> str:

@@ -695,6 +695,8 @@ class StoreMachine(RuleBasedStateMachine):
             "SELECT domain, batch_id, status, count(*) AS n FROM triobus.command"
             " WHERE batch_id IS NOT NULL GROUP BY domain, batch_id, status"
         ):
+            # every batch_id names a stored batch (no foreign key says so: migration 002)
+            assert (row["domain"], row["batch_id"]) in recount, row
             recount[row["domain"], row["batch_id"]][row["status"]] = row["n"]
         events: dict[Key, list[DictRow]] = {b: [] for b in self.batches}
         for row in self.sql(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -110,7 +111,7 @@ def test_max_payload_bytes_is_checked(value: object) -> None:
 
 def test_generated_correlation_ids_are_unique_and_not_repeated_after_fork() -> None:
     ids = {new_command("d", "T", uuid.uuid4(), {}).correlation_id for _ in range(1000)}
-    assert len(ids) == 1000 and all(i.version == 4 for i in ids)
+    assert len(ids) == 1000
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child reports the id it generates next
@@ -121,3 +122,18 @@ def test_generated_correlation_ids_are_unique_and_not_repeated_after_fork() -> N
     os.close(read)
     os.waitpid(pid, 0)
     assert child_id != new_command("d", "T", uuid.uuid4(), {}).correlation_id
+
+
+def test_generated_correlation_ids_are_uuid7_ordered_by_their_millisecond() -> None:
+    before = time.time_ns() // 1_000_000
+    first = new_command("d", "T", uuid.uuid4(), {}).correlation_id
+    while time.time_ns() // 1_000_000 == before:  # until the next millisecond
+        pass
+    later = [new_command("d", "T", uuid.uuid4(), {}).correlation_id for _ in range(100)]
+    after = time.time_ns() // 1_000_000
+    for made in [first, *later]:
+        assert made.version == 7 and made.variant == uuid.RFC_4122, made
+        assert before <= made.int >> 80 <= after, made
+    assert all(first < made for made in later)
+    # 74 random bits beside the time: ids of the same millisecond differ there
+    assert len({made.int & ((1 << 74) - 1) for made in later}) == len(later)
