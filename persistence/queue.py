@@ -7,6 +7,14 @@ constraint says so), and every later write by the claimer is guarded by that tok
 command was claimed again, or after an operator acted, changes nothing. The guards name
 no status on purpose: that keeps the planner on the primary key instead of the partial
 claim index. Each statement writes its audit rows (and replies) itself: one round trip.
+
+Row locks: an ack waits only on rows whose lease it holds, and whoever else locks such a
+row does not wait on anything an ack holds: claims, heartbeats and releases skip locked
+rows, and an operator's single-command lock is on a command it then leaves alone unless
+it is in the troubleshooting queue (no lease). Acks lock their batch rows in (domain,
+batch_id) order after all their command rows. Results are sent sorted by (domain,
+command_id) and looked up by primary key in that order, so an ack retried while its first
+attempt still runs waits for it (were a deadlock ever detected, the acker retries).
 """
 
 from __future__ import annotations
@@ -100,18 +108,12 @@ FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 ACK_IF_CLAIMED = f"""
 WITH r AS (
     SELECT * FROM unnest(
-        %(domain)s::text[], %(command_id)s::uuid[], %(lease_token)s::uuid[],
-        %(status)s::text[], %(event)s::text[], %(retry_delay)s::float8[], %(result)s::text[],
-        %(error_type)s::text[], %(error_code)s::text[], %(error_message)s::text[],
-        %(error_details)s::text[])
+        %(domain)b::text[], %(command_id)b::uuid[], %(lease_token)b::uuid[],
+        %(status)b::text[], %(event)b::text[], %(retry_delay)b::float8[], %(result)b::text[],
+        %(error_type)b::text[], %(error_code)b::text[], %(error_message)b::text[],
+        %(error_details)b::text[])
     AS r(domain, command_id, lease_token, status, event, retry_delay, result,
          error_type, error_code, error_message, error_details)
-), locked AS (  -- command rows are locked in (domain, command_id) order: no deadlocks
-    SELECT c.domain, c.command_id FROM triobus.command c
-    JOIN r ON c.domain = r.domain AND c.command_id = r.command_id
-    WHERE c.lease_token = r.lease_token
-    ORDER BY c.domain, c.command_id
-    FOR UPDATE OF c
 ), acked AS (
     UPDATE triobus.command c
     SET status = r.status,
@@ -128,9 +130,8 @@ WITH r AS (
                           ELSE c.visible_at END,
         lease_token = NULL,
         updated_at = now()
-    FROM r, locked l
+    FROM r
     WHERE c.domain = r.domain AND c.command_id = r.command_id
-      AND l.domain = r.domain AND l.command_id = r.command_id
       AND c.lease_token = r.lease_token
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
               c.result, c.attempts, r.error_type, r.error_code, r.error_message,
@@ -290,6 +291,7 @@ async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> 
     Writes each command's new state, its audit event and, for a terminal outcome with a
     `reply_to`, exactly one reply (and a NOTIFY on `triobus_reply` with the queue name).
     """
+    results = sorted(results, key=lambda r: (r.domain, r.command_id.int))
     rows = await conn.fetch_all(
         ACK_IF_CLAIMED,
         {
