@@ -4,6 +4,7 @@ come in: an ack retried while its first attempt still runs then waits, never dea
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -36,7 +37,9 @@ async def waits_for_a_lock(conn: Connection, backend_pid: int) -> bool:
     return row is not None and row["wait_event_type"] == "Lock"
 
 
-async def test_an_ack_locks_its_rows_in_command_id_order(triobus_dsn: str) -> None:
+async def test_an_ack_locks_its_rows_in_command_id_order(
+    triobus_dsn: str, eventually: Callable[..., Awaitable[object]]
+) -> None:
     first_id, second_id = sorted((uuid.uuid4(), uuid.uuid4()), key=lambda u: u.int)
     holder, acker, observer = [await connect(triobus_dsn) for _ in range(3)]
     try:
@@ -60,9 +63,7 @@ async def test_an_ack_locks_its_rows_in_command_id_order(triobus_dsn: str) -> No
         await ack_if_claimed(holder, [completed(claims[first_id])])  # holds the first row
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ack_both_in_reverse)
-            with trio.fail_after(10):
-                while not await waits_for_a_lock(observer, acker.backend_pid):
-                    await trio.sleep(0.01)
+            await eventually(lambda: waits_for_a_lock(observer, acker.backend_pid))
             # Waiting on the first row, the other ack must not hold the second one.
             await holder.execute(
                 "SELECT 1 FROM triobus.command WHERE domain = 'd' AND command_id = %s"
