@@ -6,11 +6,11 @@ Inside, three roles joined by bounded memory channels::
 
 * The claimer claims one command per idle handler in one statement: a handler is idle
   once its handler returned, before the acker wrote the result, so claims overlap the
-  acker's writes. Claimed commands without a written result stay within 2N. When only
-  a few handlers are idle it waits up to `_CLAIM_LINGER` for half of them, so claims
-  stay large. When there is nothing to claim it waits for a NOTIFY hint (through the
-  runtime's notifier), for capacity, or for `poll_interval`; an idle worker issues no
-  other queries.
+  acker's writes. Claimed commands without a written result stay within N + max(N, 48)
+  (`_MIN_ACK_ROOM`). When only a few handlers are idle it waits up to `_CLAIM_LINGER`
+  for half of them, so claims stay large. When there is nothing to claim it waits for a
+  NOTIFY hint (through the runtime's notifier), for capacity, or for `poll_interval`; an
+  idle worker issues no other queries.
 * Each handler task runs one command at a time and turns what the handler did into a
   `HandlerResult` (`outcome_of`).
 * The acker writes every result that is waiting in one statement, guarded by the claim's

@@ -255,7 +255,7 @@ class _TimeOrderedUUIDs:
         )
 
 
-_random_uuids = _TimeOrderedUUIDs()
+_correlation_ids = _TimeOrderedUUIDs()
 
 
 def new_command(
@@ -274,7 +274,7 @@ def new_command(
     """Validate everything `send` takes; generate a correlation id when none is given.
 
     The checks run without a context; a failure's message gets the domain and id then
-    (formatting them up front is a third of the cost for a batch of small commands)."""
+    (formatting them up front cost a sixth of validating a batch of small commands)."""
     checked_domain = check_name("domain", domain)
     checked_id: UUID | None = None
     try:
@@ -286,7 +286,7 @@ def new_command(
             command_id=checked_id,
             data_json=encode_payload("data", data, max_bytes=max_payload_bytes),
             correlation_id=(
-                _random_uuids.next()
+                _correlation_ids.next()
                 if correlation_id is None
                 else check_uuid("correlation_id", correlation_id)
             ),
