@@ -34,11 +34,11 @@ from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     NewCommand,
     check_async_callable,
+    check_int_in_range,
     check_limit_offset,
     check_max_payload_bytes,
     check_name,
     check_optional_uuid,
-    check_positive_int,
     check_reply_ids,
     check_seconds,
     check_text,
@@ -210,7 +210,7 @@ class CommandBus:
         """
         checked_queue = check_name("queue", queue)
         context = f"queue {checked_queue!r}"
-        checked_limit = check_positive_int("batch_size", batch_size, limit=10_000, context=context)
+        checked_limit = check_int_in_range("batch_size", batch_size, limit=10_000, context=context)
         poll = check_seconds("poll_interval", poll_interval, context=context)
         return self._replies_of(checked_queue, poll, checked_limit)
 

@@ -278,7 +278,9 @@ async def run_worker(args: argparse.Namespace, dsn: str) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_runtime(dsn, registry=registry) as runtime:
             for domain in args.domain:
-                await runtime.start_worker(domain, concurrency=args.concurrency)
+                await runtime.start_worker(
+                    domain, concurrency=args.concurrency, prefetch=args.prefetch
+                )
             print(
                 f"triobus worker running for {', '.join(args.domain)}; SIGINT or SIGTERM stops it",
                 file=sys.stderr,
@@ -329,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--app", required=True, help="handler registry, package.module:name")
     worker.add_argument("--domain", required=True, action="append", help="domain (repeatable)")
     worker.add_argument("--concurrency", type=int, default=8)
+    worker.add_argument(
+        "--prefetch", type=int, default=0, help="commands claimed ahead of idle handlers"
+    )
 
     tsq = commands.add_parser("tsq", help="troubleshooting queue").add_subparsers(
         dest="tsq_command", required=True, metavar="ACTION"

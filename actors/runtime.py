@@ -41,10 +41,10 @@ from triobus.persistence.validation import (
     check_async_callable,
     check_bool,
     check_dsn,
+    check_int_in_range,
     check_max_payload_bytes,
     check_name,
     check_optional_seconds,
-    check_positive_int,
     check_seconds,
     check_uuid,
 )
@@ -110,6 +110,7 @@ class Runtime:
         domain: str,
         *,
         concurrency: int = 8,
+        prefetch: int = 0,
         visibility_timeout: float = 30.0,
         retry_policy: RetryPolicy | None = None,
         handler_timeout: float | None = None,
@@ -119,8 +120,10 @@ class Runtime:
     ) -> Worker:
         """Start a worker for `domain`; it is claiming when this returns.
 
-        `heartbeat_interval` defaults to a third of `visibility_timeout`. The returned
-        handle has `await stop()` and `statistics()`.
+        `heartbeat_interval` defaults to a third of `visibility_timeout`. `prefetch`
+        commands beyond the idle handlers may be claimed ahead and wait (for short
+        handlers; see the worker module). The returned handle has `await stop()` and
+        `statistics()`.
         """
         checked_domain = check_name("domain", domain)
         context = f"worker of domain {checked_domain!r}"
@@ -142,8 +145,11 @@ class Runtime:
             pool=self.pool,
             registry=self.registry,
             notifier=self._notifier,
-            concurrency=check_positive_int(
+            concurrency=check_int_in_range(
                 "concurrency", concurrency, limit=10_000, context=context
+            ),
+            prefetch=check_int_in_range(
+                "prefetch", prefetch, minimum=0, limit=10_000, context=context
             ),
             visibility_timeout=timeout,
             retry_policy=retry_policy or RetryPolicy(),
@@ -254,7 +260,7 @@ async def open_runtime(
         raise ValidationError(f"registry must be a HandlerRegistry, got {type(registry).__name__}")
     check_bool("migrate", migrate)
     kind = _driver_from(driver)
-    check_positive_int("pool_size", pool_size, limit=1000)
+    check_int_in_range("pool_size", pool_size, limit=1000)
     check_max_payload_bytes(max_payload_bytes)
     callback_timeout = check_seconds("batch_callback_timeout", batch_callback_timeout)
     reconcile_interval = check_seconds("batch_reconcile_interval", batch_reconcile_interval)

@@ -2,15 +2,20 @@
 
 Inside, three roles joined by bounded memory channels::
 
-    claimer --(ClaimedCommand, buffer 0)--> handler tasks (N) --(HandlerResult, buffer N)--> acker
+    claimer --(ClaimedCommand, buffer P)--> handler tasks (N) --(HandlerResult, buffer N)--> acker
 
 * The claimer claims one command per idle handler in one statement: a handler is idle
   once its handler returned, before the acker wrote the result, so claims overlap the
-  acker's writes. Claimed commands without a written result stay within N + max(N, 48)
-  (`_MIN_ACK_ROOM`). When only a few handlers are idle it waits up to `_CLAIM_LINGER`
-  for half of them, so claims stay large. When there is nothing to claim it waits for a
-  NOTIFY hint (through the runtime's notifier), for capacity, or for `poll_interval`; an
-  idle worker issues no other queries.
+  acker's writes. Claimed commands without a written result stay within
+  N + P + max(N, 48) (`_MIN_ACK_ROOM`). When only a few handlers are idle it waits up to
+  `_CLAIM_LINGER` for half of them, so claims stay large. When there is nothing to claim
+  it waits for a NOTIFY hint (through the runtime's notifier), for capacity, or for
+  `poll_interval`; an idle worker issues no other queries.
+* With `prefetch` P the claimer also claims up to P commands beyond the idle handlers;
+  they wait in the channel's buffer, their leases extended by the heartbeat like any
+  claimed command's. That saves handlers waiting for a claim when handlers are short, at
+  the price of holding commands another worker could start at once. Once stopping,
+  handlers start no waiting command: it is released with the others.
 * Each handler task runs one command at a time and turns what the handler did into a
   `HandlerResult` (`outcome_of`).
 * The acker writes every result that is waiting in one statement, guarded by the claim's
@@ -60,7 +65,7 @@ from triobus.persistence.records import CommandChange
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_ATTEMPTS_LIMIT,
-    check_positive_int,
+    check_int_in_range,
     check_seconds,
     encode_payload,
     storable_text,
@@ -94,7 +99,7 @@ def _to_delays(value: Iterable[float]) -> tuple[float, ...]:
 
 
 def _check_max_attempts(instance: RetryPolicy, attribute: Any, value: int) -> None:
-    check_positive_int("max_attempts", value, limit=MAX_ATTEMPTS_LIMIT, context="RetryPolicy")
+    check_int_in_range("max_attempts", value, limit=MAX_ATTEMPTS_LIMIT, context="RetryPolicy")
 
 
 @attrs.frozen
@@ -238,6 +243,7 @@ class Worker:
         registry: HandlerRegistry,
         notifier: Notifier,
         concurrency: int,
+        prefetch: int = 0,
         visibility_timeout: float,
         retry_policy: RetryPolicy,
         handler_timeout: float | None,
@@ -252,6 +258,7 @@ class Worker:
         self._registry = registry
         self._notifier = notifier
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.visibility_timeout = visibility_timeout
         self.retry_policy = retry_policy
         self.handler_timeout = handler_timeout
@@ -263,7 +270,7 @@ class Worker:
         self._in_flight: dict[UUID, ClaimedCommand] = {}
         self._unfinished = 0  # claimed, their handler not yet finished
         self._claim_batch = max(1, concurrency // 2)
-        self._max_in_flight = concurrency + max(concurrency, _MIN_ACK_ROOM)
+        self._max_in_flight = concurrency + prefetch + max(concurrency, _MIN_ACK_ROOM)
         self._counters = _Counters()
         self._claim_scope = trio.CancelScope()
         self._handler_scope = trio.CancelScope()
@@ -289,7 +296,7 @@ class Worker:
         await self._stopped.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        work_send, work_receive = trio.open_memory_channel[ClaimedCommand](0)
+        work_send, work_receive = trio.open_memory_channel[ClaimedCommand](self.prefetch)
         ack_send, ack_receive = trio.open_memory_channel[HandlerResult](self.concurrency)
         try:
             with self._run_scope:
@@ -329,11 +336,14 @@ class Worker:
                         await self._wait_for_work(hints)
 
     def _free_capacity(self) -> int:
-        """How many commands to claim now: one per idle handler, so long as claimed
-        commands (running, or finished and waiting for the acker) stay within
-        `_max_in_flight`. A handler slot frees when its handler finishes, not when the
-        result is written, so claiming overlaps the acker's writes."""
-        return min(self.concurrency - self._unfinished, self._max_in_flight - len(self._in_flight))
+        """How many commands to claim now: one per idle handler plus `prefetch` waiting
+        ones, so long as claimed commands (waiting, running, or finished and waiting for
+        the acker) stay within `_max_in_flight`. A handler slot frees when its handler
+        finishes, not when the result is written, so claiming overlaps the acker's writes."""
+        return min(
+            self.concurrency + self.prefetch - self._unfinished,
+            self._max_in_flight - len(self._in_flight),
+        )
 
     async def _linger_for_capacity(self) -> None:
         """Wait briefly for half the capacity to be free: fewer, larger claims."""
@@ -410,6 +420,8 @@ class Worker:
     ) -> None:
         async with work_receive, ack_send:
             async for claim in work_receive:
+                if self._claim_scope.cancel_called:
+                    continue  # stopping: a prefetched command not started yet is released
                 result = await self._handle(claim)
                 self._unfinished -= 1
                 with suppress(trio.WouldBlock):

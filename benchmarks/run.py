@@ -86,7 +86,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 @asynccontextmanager
 async def worker_processes(
-    dsn: str, domain: str, count: int, concurrency: int, gated: bool = False
+    dsn: str, domain: str, count: int, concurrency: int, gated: bool = False, prefetch: int = 0
 ) -> AsyncIterator[list[trio.Process]]:
     """`count` worker processes, each claiming when this yields; killed on exit.
 
@@ -97,7 +97,8 @@ async def worker_processes(
         for _ in range(count):
             process = await trio.lowlevel.open_process(
                 [sys.executable, str(WORKER), dsn, domain, str(concurrency)]
-                + (["gated"] if gated else []),
+                + (["gated"] if gated else [])
+                + ([str(prefetch)] if prefetch else []),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
@@ -402,8 +403,9 @@ class Bench:
         """
         packages = sorted({p for config in PEER_CONFIGS for p in (config.package, *config.needs)})
         versions = await installed_versions(BENCH_VENV / "bin" / "python", packages)
-        triobus_keys = ((1, 16), (1, 64), (2, 64))
-        phase: dict[tuple[int, int], list[float]] = {key: [] for key in triobus_keys}
+        # (worker processes, concurrency, prefetch); ratios use the default, prefetch 0
+        triobus_keys = ((1, 16, 0), (1, 64, 0), (2, 64, 0), (1, 16, 16))
+        phase: dict[tuple[int, int, int], list[float]] = {key: [] for key in triobus_keys}
         peer_rates: dict[int, list[float]] = {}
         failures: dict[int, str] = {}
         for index, config in enumerate(PEER_CONFIGS):
@@ -413,9 +415,9 @@ class Bench:
             else:
                 peer_rates[index] = []
         for _ in range(self.runs):
-            for processes, concurrency in triobus_keys:
-                seconds = await self._triobus_phase(processes, concurrency)
-                phase[processes, concurrency].append(PEER_JOBS / seconds)
+            for processes, concurrency, prefetch in triobus_keys:
+                seconds = await self._triobus_phase(processes, concurrency, prefetch)
+                phase[processes, concurrency, prefetch].append(PEER_JOBS / seconds)
             for index, config in enumerate(PEER_CONFIGS):
                 if index in failures:
                     continue
@@ -426,11 +428,19 @@ class Bench:
                     continue
                 peer_rates[index].append(result["jobs_per_s"])
         rows = [
-            ["triobus", "native Trio psycopg driver", str(p), str(c), summary(rates), "—", "—"]
-            for (p, c), rates in phase.items()
+            [
+                "triobus",
+                "native Trio psycopg driver" + (f", prefetch {f}" if f else ""),
+                str(p),
+                str(c),
+                summary(rates),
+                "—",
+                "—",
+            ]
+            for (p, c, f), rates in phase.items()
         ]
         for index, config in enumerate(PEER_CONFIGS):
-            key = (config.processes, config.concurrency or 64)
+            key = (config.processes, config.concurrency or 64, 0)
             row = [
                 f"{config.system} {versions[config.package] or ''}".strip(),
                 config.setup,
@@ -442,7 +452,7 @@ class Bench:
                 continue
             rates = peer_rates[index]
             paired = statistics.median(t / r for t, r in zip(phase[key], rates, strict=True))
-            scenario = self.throughput_rates.get(key)
+            scenario = self.throughput_rates.get(key[:2])
             rows.append(
                 [
                     *row,
@@ -468,7 +478,7 @@ class Bench:
         )
         await self.pgbench(max(statistics.median(rates) for rates in phase.values()))
 
-    async def _triobus_phase(self, processes: int, concurrency: int) -> float:
+    async def _triobus_phase(self, processes: int, concurrency: int, prefetch: int) -> float:
         """Seconds from starting gated workers on an already created batch to on_complete."""
         done = trio.Event()
 
@@ -477,7 +487,9 @@ class Bench:
 
         async with self.database() as dsn, open_runtime(dsn, migrate=False) as runtime:
             await runtime.bus.create_batch("bench", noop_batch(PEER_JOBS), on_complete=on_complete)
-            async with worker_processes(dsn, "bench", processes, concurrency, True) as workers:
+            async with worker_processes(
+                dsn, "bench", processes, concurrency, True, prefetch
+            ) as workers:
                 started = time.perf_counter()
                 for process in workers:
                     assert process.stdin is not None
@@ -628,8 +640,9 @@ returned). PgQueuer's batch is its dequeue batch size (at most half of
 batch is created first, then gated worker processes start claiming (benchmarks/
 worker_process.py ... gated) and the clock stops at on_complete in this process. Runs are
 interleaved: each round measures every row once, so drift in the machine's speed during the
-scenario hits all rows alike. The ratio columns compare triobus at the same worker
-processes and concurrency (64 for "unlimited") with the peer: the processing-phase column
+scenario hits all rows alike. The ratio columns compare triobus with its defaults
+(prefetch 0; the prefetch row shows the opt-in `start_worker(prefetch=...)`) at the same
+worker processes and concurrency (64 for "unlimited") with the peer: the processing-phase column
 is the median of the per-round ratios (triobus's run and the peer's run of the same round,
 the same method); the throughput-scenario column divides that scenario's median
 (create_batch → on_complete, creation included: not the same method; n/a when it was not

@@ -1,9 +1,10 @@
-"""A benchmark worker process: python worker_process.py DSN DOMAIN CONCURRENCY [gated]
+"""A benchmark worker process: python worker_process.py DSN DOMAIN CONCURRENCY [gated] [PREFETCH]
 
 Runs a no-op handler for command type "Noop" in DOMAIN; prints "ready" when claiming and
 "rss <bytes>" each time it reads a line "rss" on standard input; runs until killed.
 With "gated", it prints "ready" once its runtime is open and starts claiming only when it
-reads a line "go" (the peers scenario times the processing phase from there).
+reads a line "go" (the peers scenario times the processing phase from there). PREFETCH
+is `start_worker`'s `prefetch` (default 0).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-async def main(dsn: str, domain: str, concurrency: int, gated: bool) -> None:
+async def main(dsn: str, domain: str, concurrency: int, gated: bool, prefetch: int) -> None:
     registry = HandlerRegistry()
 
     @registry.handler(domain, "Noop")
@@ -37,7 +38,7 @@ async def main(dsn: str, domain: str, concurrency: int, gated: bool) -> None:
                 if not byte:
                     return
                 line += byte
-        await runtime.start_worker(domain, concurrency=concurrency)
+        await runtime.start_worker(domain, concurrency=concurrency, prefetch=prefetch)
         if not gated:
             print("ready", flush=True)
         async for chunk in stdin:
@@ -47,4 +48,7 @@ async def main(dsn: str, domain: str, concurrency: int, gated: bool) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["gated"])
+    options = sys.argv[4:]
+    gated = "gated" in options
+    prefetch = next((int(o) for o in options if o.isdigit()), 0)
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), gated, prefetch)

@@ -77,12 +77,15 @@ def check_optional_uuid(kind: str, value: object, *, context: str = "") -> UUID 
     return None if value is None else check_uuid(kind, value, context=context)
 
 
-def check_positive_int(kind: str, value: object, *, limit: int, context: str = "") -> int:
+def check_int_in_range(
+    kind: str, value: object, *, limit: int, minimum: int = 1, context: str = ""
+) -> int:
+    """An int from `minimum` (1 unless given) to `limit`."""
     where = f" ({context})" if context else ""
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValidationError(f"{kind} must be an int, got {value!r:.80}{where}")
-    if not 1 <= value <= limit:
-        raise ValidationError(f"{kind} must be between 1 and {limit}, got {value}{where}")
+    if not minimum <= value <= limit:
+        raise ValidationError(f"{kind} must be between {minimum} and {limit}, got {value}{where}")
     return value
 
 
@@ -110,12 +113,12 @@ def check_optional_seconds(kind: str, value: object, *, context: str = "") -> fl
 
 
 def check_max_payload_bytes(value: object) -> int:
-    return check_positive_int("max_payload_bytes", value, limit=MAX_PAYLOAD_BYTES_LIMIT)
+    return check_int_in_range("max_payload_bytes", value, limit=MAX_PAYLOAD_BYTES_LIMIT)
 
 
 def check_limit_offset(limit: object, offset: object, *, context: str = "") -> tuple[int, int]:
     where = f" ({context})" if context else ""
-    checked_limit = check_positive_int("limit", limit, limit=10_000, context=context)
+    checked_limit = check_int_in_range("limit", limit, limit=10_000, context=context)
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_BIGINT:
         raise ValidationError(
             f"offset must be an int between 0 and {MAX_BIGINT}, got {offset!r:.80}{where}"
@@ -294,7 +297,7 @@ def new_command(
             max_attempts=(
                 None
                 if max_attempts is None
-                else check_positive_int("max_attempts", max_attempts, limit=MAX_ATTEMPTS_LIMIT)
+                else check_int_in_range("max_attempts", max_attempts, limit=MAX_ATTEMPTS_LIMIT)
             ),
             delay=checked_delay,
             not_before=checked_not_before,

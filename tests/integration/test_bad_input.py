@@ -816,6 +816,10 @@ RUNTIME_CASES = [
                 ("concurrency", "range", 0, "concurrency must be between 1 and 10000, got 0"),
                 ("concurrency", "wrong-type", "8", "concurrency must be an int"),
                 ("concurrency", "huge", 10**9, "concurrency must be between 1 and 10000"),
+                ("prefetch", "range", -1, "prefetch must be between 0 and 10000, got -1"),
+                ("prefetch", "wrong-type", 1.5, "prefetch must be an int"),
+                ("prefetch", "wrong-type", True, "prefetch must be an int"),
+                ("prefetch", "huge", 10**9, "prefetch must be between 0 and 10000"),
                 (
                     "visibility_timeout",
                     "range",

@@ -221,7 +221,10 @@ async def test_worker_runs_until_sigterm(
     python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "TRIOBUS_DSN": triobus_dsn, "PYTHONPATH": python_path}
     process = await trio.lowlevel.open_process(
-        [TRIOBUS, "worker", "--app", "cli_app:registry", "--domain", "d", "--concurrency", "2"],
+        [
+            *(TRIOBUS, "worker", "--app", "cli_app:registry", "--domain", "d"),
+            *("--concurrency", "2", "--prefetch", "2"),
+        ],
         env=env,
         stderr=subprocess.PIPE,
     )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from triobus.actors import (
     AuditEventType,
@@ -570,6 +571,41 @@ async def test_clean_stop_finishes_quick_handlers_and_releases_the_rest(
     assert command.visible_at <= datetime.now(UTC)  # claimable at once, no lease to wait out
     done = await triobus_runtime.bus.get_command("d", quick_sent.command_id)
     assert done is not None and done.status is CommandStatus.COMPLETED
+    assert worker.statistics().in_flight == 0
+
+
+async def test_prefetch_claims_ahead_of_idle_handlers_and_stop_releases_what_waits(
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
+) -> None:
+    started: list[uuid.UUID] = []
+    finish = trio.Event()
+
+    @triobus_runtime.registry.handler("d", "Slow")
+    async def slow(command: Command, ctx: HandlerContext) -> None:
+        started.append(command.command_id)
+        await finish.wait()
+
+    ids = [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
+    ids += [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
+    ids += [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
+    ids += [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
+    worker = await triobus_runtime.start_worker("d", concurrency=1, prefetch=2, grace_period=10)
+
+    async def statuses() -> list[tuple[str, int]]:
+        commands = [await triobus_runtime.bus.get_command("d", i) for i in ids]
+        return sorted((c.status, c.attempts) for c in commands if c is not None)
+
+    async def claimed_ahead() -> bool:
+        return await statuses() == [("IN_PROGRESS", 1)] * 3 + [("PENDING", 0)]
+
+    await eventually(claimed_ahead)  # one running, two waiting for the handler
+    assert len(started) == 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.stop)
+        await trio.testing.wait_all_tasks_blocked()  # stopping, the running one not done
+        finish.set()
+    assert len(started) == 1  # the waiting ones were not started during the stop
+    assert await statuses() == [("COMPLETED", 1)] + [("PENDING", 0)] * 3
     assert worker.statistics().in_flight == 0
 
 
