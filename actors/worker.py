@@ -149,14 +149,15 @@ class _Counters:
     last_error: str | None = None
 
 
-def _error_details(details: Mapping[str, object] | None) -> dict[str, Any] | None:
+def _error_details_json(details: Mapping[str, object] | None) -> str | None:
+    """The handler's error details as JSON, encoded once here; text if they cannot be."""
     if details is None:
         return None
     try:
-        encode_payload("details", details, max_bytes=64 * 1024)
+        return encode_payload("details", details, max_bytes=64 * 1024)
     except ValidationError:
-        return {"unserialisable_details": storable_text(details, max_length=1000)}
-    return dict(details)
+        fallback = {"unserialisable_details": storable_text(details, max_length=1000)}
+        return encode_payload("details", fallback, max_bytes=64 * 1024)
 
 
 def outcome_of(
@@ -202,9 +203,14 @@ def outcome_of(
             )
         return result(outcome=Outcome.COMPLETED, result_json=result_json)
 
-    described: tuple[str, str, object, dict[str, Any] | None]
+    described: tuple[str, str, object, str | None]
     if isinstance(error, CommandHandlerError):
-        described = (type(error).__name__, error.code, error.message, _error_details(error.details))
+        described = (
+            type(error).__name__,
+            error.code,
+            error.message,
+            _error_details_json(error.details),
+        )
     elif error is not None:
         described = (type(error).__name__, "UNHANDLED_EXCEPTION", error, None)
     else:
@@ -228,7 +234,7 @@ def outcome_of(
         error_type=error_type,
         error_code=code,
         error_message=message,
-        error_details=details,
+        error_details_json=details,
     )
 
 

@@ -647,10 +647,8 @@ class ConnectionPool:
         while self._idle:
             idle = self._idle.pop()
             try:
-                usable = (
-                    now - idle.conn.opened_at <= self.max_lifetime
-                    and not self.outage.predates(idle.conn)
-                    and (now - idle.released <= self.check_after or await self._healthy(idle.conn))
+                usable = not self._retired(idle.conn, now) and (
+                    now - idle.released <= self.check_after or await self._healthy(idle.conn)
                 )
             except BaseException:  # cancelled during the health check: never lose the slot
                 with trio.CancelScope(shield=True):
@@ -690,14 +688,13 @@ class ConnectionPool:
                 self._open += 1
                 return conn
 
+    def _retired(self, conn: Connection, now: float) -> bool:
+        """Too old to reuse: past `max_lifetime`, or opened before an ongoing outage."""
+        return now - conn.opened_at > self.max_lifetime or self.outage.predates(conn)
+
     async def _give_back(self, conn: Connection) -> None:
         now = time.monotonic()
-        if (
-            self._closed
-            or not conn.is_reusable()
-            or now - conn.opened_at > self.max_lifetime
-            or self.outage.predates(conn)
-        ):
+        if self._closed or not conn.is_reusable() or self._retired(conn, now):
             with trio.CancelScope(shield=True):
                 await self._discard(conn)
         else:

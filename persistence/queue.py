@@ -20,7 +20,6 @@ attempt still runs waits for it (were a deadlock ever detected, the acker retrie
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -230,7 +229,7 @@ class HandlerResult:
     error_type: str | None = None
     error_code: str | None = None
     error_message: str | None = None
-    error_details: dict[str, Any] | None = None
+    error_details_json: str | None = None
 
 
 async def claim_commands(
@@ -305,9 +304,7 @@ async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> 
             "error_type": [r.error_type for r in results],
             "error_code": [r.error_code for r in results],
             "error_message": [r.error_message for r in results],
-            "error_details": [
-                None if r.error_details is None else json.dumps(r.error_details) for r in results
-            ],
+            "error_details": [r.error_details_json for r in results],
         },
     )
     return [CommandChange.from_row(row) for row in rows]

@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from triobus.actors import RetryPolicy
+from triobus.actors.worker import outcome_of
 from triobus.persistence.commands import insert_command
 from triobus.persistence.driver import Connection, connect
 from triobus.persistence.queue import (
     ClaimedCommand,
     HandlerResult,
-    Outcome,
     ack_if_claimed,
     claim_commands,
 )
@@ -21,13 +22,7 @@ from triobus.persistence.validation import new_command
 
 
 def completed(claim: ClaimedCommand) -> HandlerResult:
-    return HandlerResult(
-        domain=claim.domain,
-        command_id=claim.command_id,
-        lease_token=claim.lease_token,
-        outcome=Outcome.COMPLETED,
-        result_json="null",
-    )
+    return outcome_of(claim, 3, RetryPolicy(), value=None)
 
 
 async def waits_for_a_lock(conn: Connection, backend_pid: int) -> bool:

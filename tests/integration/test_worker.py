@@ -585,10 +585,9 @@ async def test_prefetch_claims_ahead_of_idle_handlers_and_stop_releases_what_wai
         started.append(command.command_id)
         await finish.wait()
 
-    ids = [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
-    ids += [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
-    ids += [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
-    ids += [(await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id]
+    ids = [
+        (await triobus_runtime.bus.send("d", "Slow", uuid.uuid4(), {})).command_id for _ in range(4)
+    ]
     worker = await triobus_runtime.start_worker("d", concurrency=1, prefetch=2, grace_period=10)
 
     async def statuses() -> list[tuple[str, int]]:

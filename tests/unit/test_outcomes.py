@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from triobus.actors import PermanentCommandError, RetryPolicy
@@ -27,11 +28,11 @@ class Unprintable:
         raise RuntimeError("even repr() fails")
 
 
-def permanent(details: dict[str, object]) -> dict[str, object] | None:
+def permanent(details: dict[str, object]) -> object:
     error = PermanentCommandError("BAD", "bad", details)
     result = outcome_of(CLAIM, 3, RetryPolicy(), error=error)
-    assert result.outcome is Outcome.MOVED_TO_TSQ
-    return result.error_details
+    assert result.outcome is Outcome.MOVED_TO_TSQ and result.error_details_json is not None
+    return json.loads(result.error_details_json)
 
 
 def test_unserialisable_details_are_kept_as_text() -> None:
