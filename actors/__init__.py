@@ -21,25 +21,29 @@ Everything an application needs is importable from here::
 import trio_asyncio  # noqa: F401
 
 from triobus.actors.bus import CommandBus
-from triobus.actors.handlers import Command, HandlerContext, HandlerRegistry, handler
-from triobus.actors.runtime import Runtime, RuntimeStatistics, open_runtime
+from triobus.actors.handlers import (
+    BusinessRuleError,
+    CommandHandlerError,
+    HandlerAlreadyRegisteredError,
+    HandlerContext,
+    HandlerRegistry,
+    PermanentCommandError,
+    TransientCommandError,
+    handler,
+)
+from triobus.actors.outcomes import RetryPolicy
+from triobus.actors.runtime import Runtime, RuntimeOptions, RuntimeStatistics, open_runtime
 from triobus.actors.troubleshooting import TroubleshootingQueue
-from triobus.actors.worker import RetryPolicy, Worker, WorkerStatistics
-from triobus.persistence.batches import BatchMetadata, BatchStatus
+from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
 from triobus.persistence.driver import DriverKind
 from triobus.persistence.errors import (
     BatchNotFoundError,
-    BusinessRuleError,
-    CommandHandlerError,
     CommandNotFoundError,
     DatabaseError,
     DatabaseUnavailableError,
     DuplicateBatchError,
     DuplicateCommandError,
-    HandlerAlreadyRegisteredError,
     InvalidOperationError,
-    PermanentCommandError,
-    TransientCommandError,
     TriobusError,
     ValidationError,
 )
@@ -47,14 +51,17 @@ from triobus.persistence.records import (
     AuditEvent,
     AuditEventType,
     BatchCommand,
+    BatchMetadata,
+    BatchStatus,
+    Command,
     CommandError,
     CommandMetadata,
     CommandStatus,
     Reply,
     ReplyOutcome,
     SendResult,
+    TroubleshootingItem,
 )
-from triobus.persistence.troubleshooting import TroubleshootingItem
 
 __all__ = [
     "AuditEvent",
@@ -85,6 +92,7 @@ __all__ = [
     "ReplyOutcome",
     "RetryPolicy",
     "Runtime",
+    "RuntimeOptions",
     "RuntimeStatistics",
     "SendResult",
     "TransientCommandError",
@@ -93,6 +101,7 @@ __all__ = [
     "TroubleshootingQueue",
     "ValidationError",
     "Worker",
+    "WorkerOptions",
     "WorkerStatistics",
     "handler",
     "open_runtime",

@@ -9,12 +9,12 @@ advanced by the progress messages. A hint makes it read the batch; once the data
 is complete, it awaits `on_complete(BatchMetadata)` in its own nursery, under a
 deadline. An exception or timeout there is logged with the batch id and goes no further:
 workers, ackers and the runtime never see it. The actor then ends: one invocation, ever.
+A batch that is not stored (it never completes) ends the actor with `BatchNotFoundError`.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
@@ -22,10 +22,13 @@ import attrs
 import trio
 
 from triobus.actors.messages import BatchFinished, BatchMessage, BatchProgress
-from triobus.actors.notifier import BATCH_CHANNEL, Notifier
-from triobus.persistence.batches import BatchMetadata, select_batch
-from triobus.persistence.driver import ConnectionPool
-from triobus.persistence.errors import DatabaseError
+from triobus.actors.notifier import Notifier
+from triobus.persistence.backoff import backoff_delays
+from triobus.persistence.batches import select_batch
+from triobus.persistence.errors import BatchNotFoundError, DatabaseError
+from triobus.persistence.notifications import Channel, batch_payload
+from triobus.persistence.pool import ConnectionPool
+from triobus.persistence.records import BatchMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,8 @@ class BatchActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         hint = BatchFinished(self.domain, self.batch_id)
-        with self._notifier.subscribe(BATCH_CHANNEL, f"{self.domain}:{self.batch_id}") as hints:
+        payload = batch_payload(self.domain, self.batch_id)
+        with self._notifier.subscribe(Channel.BATCH, payload) as hints:
             task_status.started()
             async with trio.open_nursery() as nursery:
 
@@ -121,19 +125,18 @@ class BatchActor:
 
     async def _read(self) -> BatchMetadata:
         """The batch as stored, retrying while the database is unreachable."""
-        delay = 0.05
+        delays = backoff_delays()
         while True:
             try:
                 async with self._pool.connection() as conn:
                     batch = await select_batch(conn, self.domain, self.batch_id)
             except DatabaseError as ex:
                 self._pool.outage.report(ex, f"batch {self.batch_id}: could not read its state")
-                await trio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+                await trio.sleep(next(delays))
                 continue
             self.reads += 1
             if batch is None:  # watch_batch checks existence; a deleted batch never completes
-                raise LookupError(f"batch {self.batch_id} not found in domain {self.domain!r}")
+                raise BatchNotFoundError(self.domain, self.batch_id)
             return batch
 
     async def _invoke_callback(self, final: BatchMetadata) -> None:
@@ -165,17 +168,18 @@ class BatchActor:
             )
 
 
-def _advanced(counts: BatchMetadata, progress: BatchProgress) -> BatchMetadata:
-    """`counts` with `progress` applied: the terminal counts never go back; the
+def _advanced(batch: BatchMetadata, progress: BatchProgress) -> BatchMetadata:
+    """`batch` with `progress` applied: the terminal counts never go back; the
     troubleshooting count is the message's, kept within what the terminal counts leave."""
-    completed = max(counts.completed_count, progress.completed)
-    failed = max(counts.failed_count, progress.failed)
-    canceled = max(counts.canceled_count, progress.canceled)
-    open_left = counts.total_count - completed - failed - canceled
+    counts = progress.counts
+    completed = max(batch.completed_count, counts.completed)
+    failed = max(batch.failed_count, counts.failed)
+    canceled = max(batch.canceled_count, counts.canceled)
+    open_left = batch.total_count - completed - failed - canceled
     return attrs.evolve(
-        counts,
+        batch,
         completed_count=completed,
         failed_count=failed,
         canceled_count=canceled,
-        in_troubleshooting_count=min(progress.in_troubleshooting, open_left),
+        in_troubleshooting_count=min(counts.in_troubleshooting, open_left),
     )

@@ -20,10 +20,10 @@ import trio
 from triobus.actors.batch_actor import BatchActor, BatchCallback, BatchWatchStatistics
 from triobus.actors.messages import BatchFinished, BatchProgress
 from triobus.actors.notifier import Notifier
-from triobus.persistence.batches import BatchMetadata, select_final_batches
-from triobus.persistence.driver import ConnectionPool
+from triobus.persistence.batches import select_final_batches
 from triobus.persistence.errors import BatchNotFoundError, DatabaseError
-from triobus.persistence.records import CommandChange
+from triobus.persistence.pool import ConnectionPool
+from triobus.persistence.records import BatchCounts, BatchMetadata, CommandChange
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,13 @@ class BatchSupervisor:
                 await trio.sleep(self.reconcile_interval)
                 await self.reconcile_once()
 
-    def watch(self, domain: str, batch_id: UUID, on_complete: BatchCallback | None) -> BatchActor:
-        """The batch's actor, started if needed; `on_complete` replaces any earlier callback
-        (None keeps it)."""
+    async def watch(
+        self, domain: str, batch_id: UUID, on_complete: BatchCallback | None
+    ) -> BatchActor:
+        """The batch's actor, started (listening for its completion) if it was not yet;
+        `on_complete` replaces any earlier callback (None keeps it). Not cancellable:
+        starting an actor does no I/O, and a caller that has committed a batch must not
+        lose its callback to a cancellation."""
         key = (domain, batch_id)
         actor = self._actors.get(key)
         if actor is None:
@@ -72,7 +76,8 @@ class BatchSupervisor:
                 callback_timeout=self.callback_timeout,
             )
             self._actors[key] = actor
-            self._nursery.start_soon(self._supervise, actor)
+            with trio.CancelScope(shield=True):
+                await self._nursery.start(self._supervise, actor)
         elif on_complete is not None:
             actor.on_complete = on_complete
         return actor
@@ -88,7 +93,7 @@ class BatchSupervisor:
 
     async def wait(self, domain: str, batch_id: UUID) -> BatchMetadata:
         """The batch's final metadata, once it is complete."""
-        actor = self.watch(domain, batch_id, None)
+        actor = await self.watch(domain, batch_id, None)
         await actor.done.wait()
         if actor.final is None:
             raise BatchNotFoundError(domain, batch_id)
@@ -96,7 +101,7 @@ class BatchSupervisor:
 
     def deliver_changes(self, changes: Sequence[CommandChange]) -> None:
         """Route committed changes to the actors of watched batches (the fast path)."""
-        progress: dict[BatchKey, tuple[int, int, int, int]] = {}
+        progress: dict[BatchKey, BatchCounts] = {}
         completed: set[BatchKey] = set()
         for change in changes:
             if change.batch_id is None or (change.domain, change.batch_id) not in self._actors:
@@ -107,7 +112,7 @@ class BatchSupervisor:
             if change.batch_completed:
                 completed.add(key)
         for key, counts in progress.items():
-            self._actors[key].deliver(BatchProgress(*key, *counts))
+            self._actors[key].deliver(BatchProgress(*key, counts))
         for key in completed:
             self._actors[key].deliver(BatchFinished(*key))
 
@@ -128,10 +133,12 @@ class BatchSupervisor:
                 actor.deliver(BatchFinished(*key))
         return len(final)
 
-    async def _supervise(self, actor: BatchActor) -> None:
+    async def _supervise(
+        self, actor: BatchActor, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         try:
-            await actor.run()
-        except LookupError as ex:
+            await actor.run(task_status=task_status)
+        except BatchNotFoundError as ex:
             logger.error("stopped watching: %s", ex)
         finally:
             actor.done.set()

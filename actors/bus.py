@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
-from typing import TypeVar
 from uuid import UUID
 
 import trio
 
 from triobus.actors.batch_actor import BatchCallback
 from triobus.actors.batch_supervisor import BatchSupervisor
-from triobus.actors.notifier import REPLY_CHANNEL, Notifier
+from triobus.actors.notifier import Notifier
 from triobus.persistence import audit, batches, commands, replies
-from triobus.persistence.batches import BatchMetadata, BatchStatus
-from triobus.persistence.driver import ConnectionPool
-from triobus.persistence.errors import (
-    DuplicateCommandError,
-    UniqueViolationError,
-    ValidationError,
-)
+from triobus.persistence.errors import DuplicateCommandError, UniqueViolationError
+from triobus.persistence.notifications import Channel
+from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import (
     AuditEvent,
     BatchCommand,
+    BatchMetadata,
+    BatchStatus,
     CommandMetadata,
     CommandStatus,
     Reply,
@@ -32,8 +28,9 @@ from triobus.persistence.records import (
 )
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    NewCommand,
     check_async_callable,
+    check_aware_datetime,
+    check_enum,
     check_int_in_range,
     check_limit_offset,
     check_max_payload_bytes,
@@ -44,28 +41,9 @@ from triobus.persistence.validation import (
     check_text,
     check_uuid,
     encode_payload,
+    new_batch_commands,
     new_command,
 )
-
-E = TypeVar("E", bound=enum.StrEnum)
-
-
-def _enum(kind: str, enum_type: type[E], value: object) -> E:
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return enum_type(value)
-    except ValueError:
-        known = ", ".join(enum_type)
-        raise ValidationError(f"{kind} {value!r} is not one of {known}") from None
-
-
-def _check_aware(kind: str, value: object) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValidationError(f"{kind} must be a timezone-aware datetime, got {value!r:.80}")
-    return value
 
 
 class CommandBus:
@@ -146,7 +124,7 @@ class CommandBus:
         """Commands matching every given filter, newest first."""
         checked_domain = None if domain is None else check_name("domain", domain)
         context = "all domains" if checked_domain is None else f"domain {checked_domain!r}"
-        checked_status = None if status is None else _enum("status", CommandStatus, status)
+        checked_status = None if status is None else check_enum("status", CommandStatus, status)
         checked_limit, checked_offset = check_limit_offset(limit, offset, context=context)
         checked_type = (
             None
@@ -157,8 +135,14 @@ class CommandBus:
             "correlation_id", correlation_id, context=context
         )
         checked_batch_id = check_optional_uuid("batch_id", batch_id, context=context)
-        checked_after = _check_aware("created_after", created_after)
-        checked_before = _check_aware("created_before", created_before)
+        checked_after = (
+            None if created_after is None else check_aware_datetime("created_after", created_after)
+        )
+        checked_before = (
+            None
+            if created_before is None
+            else check_aware_datetime("created_before", created_before)
+        )
         async with self._pool.connection() as conn:
             return await commands.select_commands(
                 conn,
@@ -218,7 +202,7 @@ class CommandBus:
         self, checked_queue: str, poll: float, checked_limit: int
     ) -> AsyncIterator[Reply]:
         yielded: set[int] = set()
-        with self._notifier.subscribe(REPLY_CHANNEL, checked_queue) as hints:
+        with self._notifier.subscribe(Channel.REPLY, checked_queue) as hints:
             while True:
                 async with self._pool.connection() as conn:
                     if len(yielded) >= 4 * checked_limit:
@@ -269,13 +253,12 @@ class CommandBus:
         )
         if on_complete is not None:
             check_async_callable("on_complete", on_complete, context=context)
-        if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
-            raise ValidationError(
-                f"commands must be an iterable of BatchCommand, got {type(commands).__name__}"
-                f" ({context})"
-            )
-        validated = self._validate_batch_commands(
-            checked_domain, checked_batch_id, commands, context
+        validated = new_batch_commands(
+            checked_domain,
+            checked_batch_id,
+            commands,
+            max_payload_bytes=self.max_payload_bytes,
+            context=context,
         )
         try:
             async with self._pool.transaction() as conn:
@@ -294,42 +277,8 @@ class CommandBus:
                 )
             raise DuplicateCommandError(checked_domain, taken or "(unknown)") from None
         if on_complete is not None:
-            self._batches.watch(checked_domain, checked_batch_id, on_complete)
+            await self._batches.watch(checked_domain, checked_batch_id, on_complete)
         return checked_batch_id
-
-    def _validate_batch_commands(
-        self, domain: str, batch_id: UUID, commands: Iterable[BatchCommand], context: str
-    ) -> list[NewCommand]:
-        validated: list[NewCommand] = []
-        seen: set[UUID] = set()
-        for index, command in enumerate(commands):
-            if not isinstance(command, BatchCommand):
-                raise ValidationError(
-                    f"commands[{index}] must be a BatchCommand, got {type(command).__name__}"
-                    f" ({context})"
-                )
-            try:
-                checked = new_command(
-                    domain,
-                    command.command_type,
-                    command.command_id,
-                    command.data,
-                    correlation_id=command.correlation_id,
-                    reply_to=command.reply_to,
-                    max_attempts=command.max_attempts,
-                    delay=command.delay,
-                    not_before=command.not_before,
-                    max_payload_bytes=self.max_payload_bytes,
-                )
-            except ValidationError as ex:
-                raise ValidationError(f"commands[{index}] of batch {batch_id}: {ex}") from None
-            if checked.command_id in seen:
-                raise DuplicateCommandError(domain, checked.command_id)
-            seen.add(checked.command_id)
-            validated.append(checked)
-        if not validated:
-            raise ValidationError(f"a batch needs at least one command ({context})")
-        return validated
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
         """The batch with its counts, or None."""
@@ -348,7 +297,7 @@ class CommandBus:
     ) -> list[BatchMetadata]:
         """Batches of `domain`, newest first."""
         checked_domain = check_name("domain", domain)
-        checked_status = None if status is None else _enum("status", BatchStatus, status)
+        checked_status = None if status is None else check_enum("status", BatchStatus, status)
         checked_limit, checked_offset = check_limit_offset(
             limit, offset, context=f"domain {checked_domain!r}"
         )

@@ -25,9 +25,9 @@ import trio
 
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
-from triobus.persistence.batches import BatchMetadata
+from triobus.persistence.databases import migrate
 from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
-from triobus.persistence.schema import migrate
+from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import check_dsn, check_seconds
 
 EXIT_ERROR = 1

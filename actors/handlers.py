@@ -1,34 +1,56 @@
-"""Handlers: what a worker runs for each (domain, command_type).
+"""Handlers: what a worker runs for each (domain, command_type), and what they may raise.
 
 A handler is ``async def handle(command: Command, ctx: HandlerContext) -> Mapping | None``.
 The mapping it returns is stored as the command's result. It chooses a failing outcome
 by raising `TransientCommandError`, `PermanentCommandError` or `BusinessRuleError`; any
-other exception counts as transient.
+other exception counts as transient (the whole table: `outcomes.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
-from uuid import UUID
 
 import attrs
 
-from triobus.persistence.errors import HandlerAlreadyRegisteredError
+from triobus.persistence.errors import TriobusError
+from triobus.persistence.records import Command
 from triobus.persistence.validation import check_async_callable, check_bool, check_name
 
 
-@attrs.frozen(kw_only=True)
-class Command:
-    """The command a handler receives."""
+class CommandHandlerError(TriobusError):
+    """Base of the errors a handler raises to choose its command's outcome.
 
-    domain: str
-    command_type: str
-    command_id: UUID
-    data: dict[str, Any]
-    correlation_id: UUID
-    reply_to: str | None
-    batch_id: UUID | None
+    `code` is a short machine-readable reason, `message` a human one, `details` any
+    JSON object; all three are stored on the command and in its audit trail.
+    """
+
+    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class TransientCommandError(CommandHandlerError):
+    """Retry after back-off while attempts remain, then move to the troubleshooting queue."""
+
+
+class PermanentCommandError(CommandHandlerError):
+    """Move to the troubleshooting queue at once: an operator decides."""
+
+
+class BusinessRuleError(CommandHandlerError):
+    """The command is refused for good: FAILED (terminal), with a FAILED reply."""
+
+
+class HandlerAlreadyRegisteredError(TriobusError):
+    """A handler is already registered for this (domain, command_type)."""
+
+    def __init__(self, domain: str, command_type: str) -> None:
+        super().__init__(f"a handler is already registered for {domain!r}/{command_type!r}")
+        self.domain = domain
+        self.command_type = command_type
 
 
 @attrs.frozen
@@ -53,10 +75,15 @@ class Handler:
     runs_on_asyncio: bool
 
 
+def _checked_key(domain: str, command_type: str, runs_on_asyncio: bool) -> tuple[str, str]:
+    key = (check_name("domain", domain), check_name("command_type", command_type))
+    check_bool("asyncio", runs_on_asyncio, context=f"{key[0]!r}/{key[1]!r}")
+    return key
+
+
 def handler(domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
     """Mark a method of a handler class; `HandlerRegistry.register_instance` registers it."""
-    key = (check_name("domain", domain), check_name("command_type", command_type))
-    check_bool("asyncio", asyncio, context=f"{key[0]!r}/{key[1]!r}")
+    key = _checked_key(domain, command_type, asyncio)
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, (key, asyncio))
@@ -74,17 +101,15 @@ class HandlerRegistry:
     def register(
         self, domain: str, command_type: str, fn: HandlerFn, *, asyncio: bool = False
     ) -> None:
-        key = (check_name("domain", domain), check_name("command_type", command_type))
+        key = _checked_key(domain, command_type, asyncio)
         check_async_callable("handler", fn, context=f"{key[0]!r}/{key[1]!r}")
-        check_bool("asyncio", asyncio, context=f"{key[0]!r}/{key[1]!r}")
         if key in self._handlers:
             raise HandlerAlreadyRegisteredError(*key)
         self._handlers[key] = Handler(fn, asyncio)
 
     def handler(self, domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
         """Decorator form of `register` (the names are checked by this call)."""
-        key = (check_name("domain", domain), check_name("command_type", command_type))
-        check_bool("asyncio", asyncio, context=f"{key[0]!r}/{key[1]!r}")
+        _checked_key(domain, command_type, asyncio)
 
         def register(fn: F) -> F:
             self.register(domain, command_type, fn, asyncio=asyncio)

@@ -6,6 +6,8 @@ from uuid import UUID
 
 import attrs
 
+from triobus.persistence.records import BatchCounts
+
 
 @attrs.frozen
 class BatchProgress:
@@ -16,10 +18,7 @@ class BatchProgress:
 
     domain: str
     batch_id: UUID
-    completed: int
-    failed: int
-    canceled: int
-    in_troubleshooting: int
+    counts: BatchCounts
 
 
 @attrs.frozen

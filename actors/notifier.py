@@ -14,37 +14,37 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
 
-from triobus.persistence.driver import Connection, DriverKind, Outage, connect
+from triobus.persistence.backoff import backoff_delays
+from triobus.persistence.driver import DriverConnection, connect
 from triobus.persistence.errors import DatabaseUnavailableError
+from triobus.persistence.notifications import Channel
+from triobus.persistence.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
-COMMAND_CHANNEL = "triobus_command"  # payload: domain
-REPLY_CHANNEL = "triobus_reply"  # payload: reply queue
-BATCH_CHANNEL = "triobus_batch"  # payload: "domain:batch_id"
-CHANNELS = (COMMAND_CHANNEL, REPLY_CHANNEL, BATCH_CHANNEL)
 # An idle LISTEN connection wakes this often, only to notice a dead socket sooner.
-_IDLE_WAIT = 30.0
+IDLE_WAIT = 30.0
 
 
 class Notifier:
-    """Owns one LISTEN connection; fans (channel, payload) hints out to subscribers."""
+    """Owns one LISTEN connection (to the pool's database, outside the pool); fans
+    (channel, payload) hints out to subscribers."""
 
-    def __init__(self, dsn: str, driver: DriverKind, outage: Outage) -> None:
-        self._dsn = dsn
-        self._driver = driver
-        self._outage = outage
-        self._subscribers: dict[tuple[str, str], set[trio.MemorySendChannel[None]]] = {}
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._outage = pool.outage
+        self._subscribers: dict[tuple[Channel, str], set[trio.MemorySendChannel[None]]] = {}
         self.reconnects = 0
 
     @contextmanager
-    def subscribe(self, channel: str, payload: str) -> Iterator[trio.MemoryReceiveChannel[None]]:
+    def subscribe(
+        self, channel: Channel, payload: str
+    ) -> Iterator[trio.MemoryReceiveChannel[None]]:
         """A channel that receives a `None` hint after each matching notification."""
         send, receive = trio.open_memory_channel[None](1)
         key = (channel, payload)
@@ -58,7 +58,7 @@ class Notifier:
                 del self._subscribers[key]
             send.close()
 
-    def wake(self, channel: str, payload: str) -> None:
+    def wake(self, channel: Channel, payload: str) -> None:
         """Deliver a hint to the subscribers of (channel, payload), as a notification would."""
         for send in self._subscribers.get((channel, payload), ()):
             _hint(send)
@@ -75,8 +75,8 @@ class Notifier:
         while True:
             try:
                 while True:
-                    for note in await conn.wait_notifications(_IDLE_WAIT):
-                        self.wake(note.channel, note.payload)
+                    for note in await conn.wait_notifications(IDLE_WAIT):
+                        self.wake(Channel(note.channel), note.payload)
             except DatabaseUnavailableError as ex:
                 self._outage.lost(ex, conn)
                 self._outage.report(ex, "the notifier lost its connection")
@@ -89,10 +89,11 @@ class Notifier:
             logger.info("notifier reconnected; waking every subscriber")
             self._wake_everyone()
 
-    async def _listen(self) -> Connection:
-        conn = await connect(self._dsn, self._driver)
+    async def _listen(self) -> DriverConnection:
+        pool = self._pool
+        conn = await connect(pool.dsn, pool.driver, pool.options)
         try:
-            for channel in CHANNELS:  # constants, never input
+            for channel in Channel:  # constants, never input
                 await conn.execute(f"LISTEN {channel}")
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -100,15 +101,14 @@ class Notifier:
             raise
         return conn
 
-    async def _reconnect(self) -> Connection:
-        delay = 0.05
+    async def _reconnect(self) -> DriverConnection:
+        delays = backoff_delays()
         while True:
-            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            await trio.sleep(next(delays))
             try:
                 return await self._listen()
             except DatabaseUnavailableError as ex:
                 self._outage.report(ex, "the notifier could not reconnect")
-                delay = min(delay * 2, 5.0)
 
 
 def _hint(send: trio.MemorySendChannel[None]) -> None:

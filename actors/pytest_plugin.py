@@ -20,9 +20,8 @@ import pytest
 import trio
 
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
-from triobus.persistence.databases import create_database, database_dsn, drop_database
+from triobus.persistence.databases import create_database, database_dsn, drop_database, migrate
 from triobus.persistence.embedded import open_embedded_postgres
-from triobus.persistence.schema import migrate
 
 # Test clusters are throw-away: skipping fsync makes CREATE DATABASE per test cheap.
 _TEST_SERVER_SETTINGS = {"fsync": "off", "full_page_writes": "off"}

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 import attrs
@@ -29,18 +30,21 @@ from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.bus import CommandBus
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.notifier import Notifier
+from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.troubleshooting import TroubleshootingQueue
-from triobus.actors.worker import RetryPolicy, Worker, WorkerStatistics
-from triobus.persistence.batches import BatchMetadata
-from triobus.persistence.driver import ConnectionPool, DriverKind, PoolStatistics, open_pool
+from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
+from triobus.persistence.databases import migrate as apply_migrations
+from triobus.persistence.driver import DriverKind
 from triobus.persistence.embedded import open_embedded_postgres
 from triobus.persistence.errors import BatchNotFoundError, ValidationError
-from triobus.persistence.schema import migrate as apply_migrations
+from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
+from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_async_callable,
     check_bool,
     check_dsn,
+    check_enum,
     check_int_in_range,
     check_max_payload_bytes,
     check_name,
@@ -55,6 +59,46 @@ DSN_ENV = "TRIOBUS_DSN"
 DRIVER_ENV = "TRIOBUS_DRIVER"
 
 
+def _registry(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    if not isinstance(value, HandlerRegistry):
+        raise ValidationError(f"registry must be a HandlerRegistry, got {type(value).__name__}")
+
+
+def _driver(value: object) -> DriverKind:
+    return check_enum("driver", DriverKind, value)
+
+
+def _bool(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    check_bool(attribute.name, value)
+
+
+def _pool_size(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    check_int_in_range(attribute.name, value, limit=1000)
+
+
+def _payload_bytes(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    check_max_payload_bytes(value)
+
+
+def _seconds(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    check_seconds(attribute.name, value)
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeOptions:
+    """How a runtime runs (see `open_runtime`); validated when built."""
+
+    registry: HandlerRegistry = attrs.field(factory=HandlerRegistry, validator=_registry)
+    migrate: bool = attrs.field(default=True, validator=_bool)
+    driver: DriverKind = attrs.field(default=DriverKind.NATIVE, converter=_driver)
+    pool_size: int = attrs.field(default=8, validator=_pool_size)
+    max_payload_bytes: int = attrs.field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES, validator=_payload_bytes
+    )
+    batch_callback_timeout: float = attrs.field(default=60.0, validator=_seconds)
+    batch_reconcile_interval: float = attrs.field(default=5.0, validator=_seconds)
+
+
 @attrs.frozen
 class RuntimeStatistics:
     """A snapshot: one record per running worker and per watched batch, and the pool's."""
@@ -65,37 +109,25 @@ class RuntimeStatistics:
     notifier_reconnects: int
 
 
-def _driver_from(value: DriverKind | str | None) -> DriverKind:
-    if value is None:
-        value = os.environ.get(DRIVER_ENV) or DriverKind.NATIVE
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return DriverKind(value)
-    except ValueError:
-        known = ", ".join(DriverKind)
-        raise ValidationError(f"driver {value!r:.80} is not one of {known}") from None
-
-
 class Runtime:
     """An open runtime. `bus` sends and queries commands, `tsq` is the troubleshooting
     queue's operator interface, `start_worker` runs handlers."""
 
     def __init__(
         self,
+        options: RuntimeOptions,
         *,
         dsn: str,
         pool: ConnectionPool,
-        registry: HandlerRegistry,
         notifier: Notifier,
         batches: BatchSupervisor,
         nursery: trio.Nursery,
-        max_payload_bytes: int,
     ) -> None:
+        self.options = options
         self.dsn = dsn
         self.pool = pool
-        self.registry = registry
-        self.max_payload_bytes = max_payload_bytes
+        self.registry = options.registry
+        max_payload_bytes = self.max_payload_bytes = options.max_payload_bytes
         self.bus = CommandBus(pool, notifier, batches, max_payload_bytes=max_payload_bytes)
         self.tsq = TroubleshootingQueue(
             pool, on_changed=batches.deliver_changes, max_payload_bytes=max_payload_bytes
@@ -125,42 +157,24 @@ class Runtime:
         handlers; see the worker module). The returned handle has `await stop()` and
         `statistics()`.
         """
-        checked_domain = check_name("domain", domain)
-        context = f"worker of domain {checked_domain!r}"
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            raise ValidationError(
-                f"retry_policy must be a RetryPolicy, got {type(retry_policy).__name__} ({context})"
-            )
-        timeout = check_seconds("visibility_timeout", visibility_timeout, context=context)
-        heartbeat = check_optional_seconds(
-            "heartbeat_interval", heartbeat_interval, context=context
+        options = WorkerOptions(
+            domain=domain,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            visibility_timeout=visibility_timeout,
+            retry_policy=RetryPolicy() if retry_policy is None else retry_policy,
+            handler_timeout=handler_timeout,
+            poll_interval=poll_interval,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_result_bytes=self.max_payload_bytes,
         )
-        if heartbeat is not None and heartbeat >= timeout:
-            raise ValidationError(
-                f"heartbeat_interval ({heartbeat} s) must be shorter than visibility_timeout"
-                f" ({timeout} s), or leases expire between heartbeats ({context})"
-            )
         worker = Worker(
-            domain=checked_domain,
+            options,
             pool=self.pool,
             registry=self.registry,
             notifier=self._notifier,
-            concurrency=check_int_in_range(
-                "concurrency", concurrency, limit=10_000, context=context
-            ),
-            prefetch=check_int_in_range(
-                "prefetch", prefetch, minimum=0, limit=10_000, context=context
-            ),
-            visibility_timeout=timeout,
-            retry_policy=retry_policy or RetryPolicy(),
-            handler_timeout=check_optional_seconds(
-                "handler_timeout", handler_timeout, context=context
-            ),
-            poll_interval=check_seconds("poll_interval", poll_interval, context=context),
-            heartbeat_interval=heartbeat if heartbeat is not None else timeout / 3,
-            grace_period=check_seconds("grace_period", grace_period, context=context),
             on_acked=self._batches.deliver_changes,
-            max_result_bytes=self.max_payload_bytes,
         )
         await self._nursery.start(worker.run)
         self._workers.append(worker)
@@ -180,7 +194,7 @@ class Runtime:
             "on_complete", on_complete, context=f"domain {checked_domain!r}, batch {checked_id}"
         )
         await self._check_batch_exists(checked_domain, checked_id)
-        self._batches.watch(checked_domain, checked_id, on_complete)
+        await self._batches.watch(checked_domain, checked_id, on_complete)
 
     def unwatch_batch(self, domain: str, batch_id: UUID | str) -> None:
         """Drop the batch's callback in this runtime (no-op if none)."""
@@ -256,15 +270,15 @@ async def open_runtime(
     """
     if dsn is not None:
         check_dsn(dsn)
-    if registry is not None and not isinstance(registry, HandlerRegistry):
-        raise ValidationError(f"registry must be a HandlerRegistry, got {type(registry).__name__}")
-    check_bool("migrate", migrate)
-    kind = _driver_from(driver)
-    check_int_in_range("pool_size", pool_size, limit=1000)
-    check_max_payload_bytes(max_payload_bytes)
-    callback_timeout = check_seconds("batch_callback_timeout", batch_callback_timeout)
-    reconcile_interval = check_seconds("batch_reconcile_interval", batch_reconcile_interval)
-    registry = registry if registry is not None else HandlerRegistry()
+    options = RuntimeOptions(
+        registry=HandlerRegistry() if registry is None else registry,
+        migrate=migrate,
+        driver=(os.environ.get(DRIVER_ENV) or DriverKind.NATIVE) if driver is None else driver,
+        pool_size=pool_size,
+        max_payload_bytes=max_payload_bytes,
+        batch_callback_timeout=batch_callback_timeout,
+        batch_reconcile_interval=batch_reconcile_interval,
+    )
     try:
         async with AsyncExitStack() as stack:
             if dsn is None:
@@ -272,28 +286,29 @@ async def open_runtime(
             if dsn is None:
                 logger.info("no DSN given and %s unset: starting an embedded PostgreSQL", DSN_ENV)
                 dsn = await stack.enter_async_context(open_embedded_postgres())
-            if migrate:
-                await apply_migrations(dsn, driver=kind)
-            pool = await stack.enter_async_context(open_pool(dsn, driver=kind, max_size=pool_size))
+            if options.migrate:
+                await apply_migrations(dsn, driver=options.driver)
+            pool = await stack.enter_async_context(
+                open_pool(dsn, driver=options.driver, max_size=options.pool_size)
+            )
             await stack.enter_async_context(trio_asyncio.open_loop())  # for asyncio handlers
             async with trio.open_nursery() as nursery:
-                notifier = Notifier(dsn, kind, pool.outage)
+                notifier = Notifier(pool)
                 await nursery.start(notifier.run)
                 batches = BatchSupervisor(
                     pool,
                     notifier,
-                    callback_timeout=callback_timeout,
-                    reconcile_interval=reconcile_interval,
+                    callback_timeout=options.batch_callback_timeout,
+                    reconcile_interval=options.batch_reconcile_interval,
                 )
                 await nursery.start(batches.run)
                 runtime = Runtime(
+                    options,
                     dsn=dsn,
                     pool=pool,
-                    registry=registry,
                     notifier=notifier,
                     batches=batches,
                     nursery=nursery,
-                    max_payload_bytes=max_payload_bytes,
                 )
                 try:
                     yield runtime

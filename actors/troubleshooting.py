@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from triobus.persistence.driver import ConnectionPool
 from triobus.persistence.errors import CommandNotFoundError, InvalidOperationError
-from triobus.persistence.records import CommandChange
+from triobus.persistence.pool import ConnectionPool
+from triobus.persistence.records import CommandChange, CommandStatus, TroubleshootingItem
 from triobus.persistence.troubleshooting import (
     OperatorAction,
-    TroubleshootingItem,
     apply_operator_action,
     count_troubleshooting,
     lock_command_status,
@@ -32,7 +31,6 @@ from triobus.persistence.validation import (
     encode_payload,
 )
 
-_TSQ = "IN_TROUBLESHOOTING_QUEUE"
 OnChanged = Callable[[Sequence[CommandChange]], None]
 
 
@@ -187,7 +185,7 @@ class TroubleshootingQueue:
             status = await lock_command_status(conn, domain, command_id)
             if status is None:
                 raise CommandNotFoundError(domain, command_id)
-            if status != _TSQ:
+            if status is not CommandStatus.IN_TROUBLESHOOTING_QUEUE:
                 raise InvalidOperationError(
                     f"command {command_id} in domain {domain!r} is {status}, not in the "
                     f"troubleshooting queue: operator {action.name.lower()} does not apply"

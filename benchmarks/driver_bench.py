@@ -19,28 +19,29 @@ from typing import Any
 
 import trio
 
-from triobus.persistence.driver import Connection, DriverKind, open_pool
+from triobus.persistence.driver import DriverConnection, DriverKind
 from triobus.persistence.embedded import open_embedded_postgres
+from triobus.persistence.pool import open_pool
 
 WARMUP = 300
 OPS = int(os.environ.get("BENCH_OPS", "5000"))
 SHAPES = [(1, 1), (16, 8)]  # (tasks, pool size)
 
 
-async def select1(conn: Connection) -> None:
+async def select1(conn: DriverConnection) -> None:
     await conn.fetch_one("SELECT 1")
 
 
-async def insert_autocommit(conn: Connection) -> None:
+async def insert_autocommit(conn: DriverConnection) -> None:
     await conn.execute("INSERT INTO bench VALUES (%s, '{}')", (uuid.uuid4(),))
 
 
-async def insert_in_transaction(conn: Connection) -> None:
+async def insert_in_transaction(conn: DriverConnection) -> None:
     async with conn.transaction():
         await conn.execute("INSERT INTO bench VALUES (%s, '{}')", (uuid.uuid4(),))
 
 
-WORKLOADS: dict[str, Callable[[Connection], Awaitable[None]]] = {
+WORKLOADS: dict[str, Callable[[DriverConnection], Awaitable[None]]] = {
     "select1": select1,
     "insert_ac": insert_autocommit,
     "insert_tx": insert_in_transaction,
@@ -48,7 +49,7 @@ WORKLOADS: dict[str, Callable[[Connection], Awaitable[None]]] = {
 
 
 async def measure(
-    dsn: str, driver: DriverKind, tasks: int, pool_size: int, op: Callable[[Connection], Any]
+    dsn: str, driver: DriverKind, tasks: int, pool_size: int, op: Callable[[DriverConnection], Any]
 ) -> tuple[float, float, float, float]:
     async with open_pool(dsn, driver=driver, max_size=pool_size) as pool:
         latencies: list[float] = []

@@ -51,14 +51,13 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from triobus.actors import BatchCommand, BatchMetadata, Runtime, open_runtime
-from triobus.persistence.databases import create_database, drop_database
+from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
 from triobus.persistence.embedded import (
     EmbeddedPostgresError,
     find_postgres_bin_dir,
     open_embedded_postgres,
 )
-from triobus.persistence.schema import migrate
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"

@@ -2,7 +2,7 @@
 
 A send is one statement: the command row and its SENT audit row are inserted together
 (so they commit together), and a duplicate `(domain, command_id)` inserts nothing. It
-NOTIFYs `triobus_command` with the domain, so idle workers of that domain wake up.
+NOTIFYs `Channel.COMMAND` with the domain, so idle workers of that domain wake up.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from triobus.persistence.driver import Connection
+from triobus.persistence.audit import insert_sent_events
+from triobus.persistence.connection import Connection
 from triobus.persistence.errors import DuplicateCommandError
+from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import CommandMetadata, CommandStatus, SendResult
 from triobus.persistence.validation import NewCommand
 
-INSERT_COMMAND = """
+INSERT_COMMAND = f"""
 WITH inserted AS (
     INSERT INTO triobus.command
         (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
@@ -26,24 +28,23 @@ WITH inserted AS (
                      now() + make_interval(secs => coalesce(%(delay)s::float8, 0))))
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
-              visible_at
+              visible_at, batch_id
 ), sent AS (
-    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, 'SENT',
-           jsonb_build_object('command_type', command_type,
-                              'correlation_id', correlation_id,
-                              'reply_to', reply_to,
-                              'max_attempts', max_attempts,
-                              'visible_at', visible_at)
-    FROM inserted
+    {insert_sent_events("inserted")}
 )
-SELECT command_id, pg_notify('triobus_command', domain) FROM inserted
+SELECT command_id, {notify_sql(Channel.COMMAND, "domain")} FROM inserted
 """
 
 SELECT_COMMAND = "SELECT * FROM triobus.command WHERE domain = %s AND command_id = %s"
 
-# query_commands: each filter is a constant clause; only values come from the caller.
-_FILTERS = {
+# query_commands: `{filters}` is the AND of the clauses of the filters given (TRUE when
+# none is); each clause is a constant of `COMMAND_FILTERS`, only values come from the caller.
+SELECT_COMMANDS = """
+SELECT * FROM triobus.command WHERE {filters}
+ORDER BY created_at DESC, command_id LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+COMMAND_FILTERS = {
     "domain": "domain = %(domain)s",
     "status": "status = %(status)s",
     "command_type": "command_type = %(command_type)s",
@@ -106,11 +107,9 @@ async def select_commands(
         "created_after": created_after,
         "created_before": created_before,
     }
-    clauses = [clause for name, clause in _FILTERS.items() if params[name] is not None]
-    where = " AND ".join(clauses) or "TRUE"
+    clauses = [clause for name, clause in COMMAND_FILTERS.items() if params[name] is not None]
     rows = await conn.fetch_all(
-        f"SELECT * FROM triobus.command WHERE {where}"
-        " ORDER BY created_at DESC, command_id LIMIT %(limit)s OFFSET %(offset)s",
+        SELECT_COMMANDS.format(filters=" AND ".join(clauses) or "TRUE"),
         {**params, "limit": limit, "offset": offset},
     )
     return [CommandMetadata.from_row(row) for row in rows]

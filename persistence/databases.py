@@ -1,4 +1,5 @@
-"""Creating and dropping whole databases: used by the test harness for one database per test."""
+"""Whole databases: migrating one to the newest schema, and creating and dropping them
+(the test harness makes one database per test)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from psycopg.conninfo import make_conninfo
 
 from triobus.persistence.driver import DriverKind, connect
 from triobus.persistence.errors import ValidationError
+from triobus.persistence.schema import migrate_connection
+from triobus.persistence.validation import check_dsn
 
 _DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
@@ -22,6 +25,15 @@ def _checked(name: str) -> str:
 def database_dsn(dsn: str, dbname: str) -> str:
     """`dsn` pointing at database `dbname` instead."""
     return make_conninfo(dsn, dbname=_checked(dbname))
+
+
+async def migrate(dsn: str, *, driver: DriverKind = DriverKind.NATIVE) -> list[int]:
+    """Bring the database at `dsn` to the newest schema; return the versions applied."""
+    conn = await connect(check_dsn(dsn), driver)
+    try:
+        return await migrate_connection(conn)
+    finally:
+        await conn.close()
 
 
 async def create_database(

@@ -35,6 +35,8 @@ from urllib.parse import quote
 import attrs
 import trio
 
+from triobus.persistence.errors import TriobusError, ValidationError
+
 logger = logging.getLogger(__name__)
 
 BIN_ENV = "TRIOBUS_PG_BIN"
@@ -54,7 +56,7 @@ _SOCKET_SUFFIX = "/triobus-pg-xxxxxxxx/socket/.s.PGSQL.65535"
 _STOP_STEP_TIMEOUT = 10.0  # per step: fast, immediate, SIGKILL
 
 
-class EmbeddedPostgresError(RuntimeError):
+class EmbeddedPostgresError(TriobusError):
     """The embedded cluster could not be found, initialised or started."""
 
 
@@ -98,9 +100,9 @@ def _check_settings(settings: Mapping[str, str]) -> list[str]:
     options: list[str] = []
     for name, value in settings.items():
         if not isinstance(name, str) or not _SETTING_NAME.fullmatch(name) or name in _RESERVED:
-            raise ValueError(f"invalid or reserved server setting name {name!r}")
+            raise ValidationError(f"invalid or reserved server setting name {name!r}")
         if not isinstance(value, str) or any(c in value for c in "'\\") or not value.isprintable():
-            raise ValueError(f"invalid value for server setting {name}: {value!r}")
+            raise ValidationError(f"invalid value for server setting {name}: {value!r}")
         options += ["-c", f"{name}={value}"]
     return options
 

@@ -1,8 +1,9 @@
 """The triobus exception hierarchy.
 
-Every error triobus raises on purpose derives from `TriobusError`. Messages name the
-domain and the id concerned. Errors caused by the caller (bad input, a duplicate id)
-are kept apart from errors caused by the world (the database went away).
+Every error triobus raises on purpose derives from `TriobusError`; the errors a handler
+raises to choose its command's outcome live beside the handlers (`actors/handlers.py`).
+Messages name the domain and the id concerned. Errors caused by the caller (bad input, a
+duplicate id) are kept apart from errors caused by the world (the database went away).
 """
 
 from __future__ import annotations
@@ -82,36 +83,5 @@ class InvalidOperationError(TriobusError):
     """The operation does not apply to the command in its current state."""
 
 
-class HandlerAlreadyRegisteredError(TriobusError):
-    """A handler is already registered for this (domain, command_type)."""
-
-    def __init__(self, domain: str, command_type: str) -> None:
-        super().__init__(f"a handler is already registered for {domain!r}/{command_type!r}")
-        self.domain = domain
-        self.command_type = command_type
-
-
-class CommandHandlerError(TriobusError):
-    """Base of the errors a handler raises to choose its command's outcome.
-
-    `code` is a short machine-readable reason, `message` a human one, `details` any
-    JSON object; all three are stored on the command and in its audit trail.
-    """
-
-    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details = details
-
-
-class TransientCommandError(CommandHandlerError):
-    """Retry after back-off while attempts remain, then move to the troubleshooting queue."""
-
-
-class PermanentCommandError(CommandHandlerError):
-    """Move to the troubleshooting queue at once: an operator decides."""
-
-
-class BusinessRuleError(CommandHandlerError):
-    """The command is refused for good: FAILED (terminal), with a FAILED reply."""
+class SchemaError(TriobusError):
+    """The schema or the migrations shipped with triobus are not as they must be."""

@@ -26,32 +26,46 @@ from uuid import UUID
 
 import attrs
 
-from triobus.persistence.batches import BATCH_CHANGE_COLUMNS, batch_changes_sql
-from triobus.persistence.driver import Connection, Row
-from triobus.persistence.records import CommandChange
+from triobus.persistence.batch_counts import StatusChange, batch_count_ctes, select_changes
+from triobus.persistence.connection import Connection, Row
+from triobus.persistence.literals import literal, literal_list
+from triobus.persistence.records import (
+    AuditEventType,
+    Command,
+    CommandChange,
+    CommandStatus,
+    ReplyOutcome,
+)
+from triobus.persistence.replies import insert_replies
+
+PENDING = literal(CommandStatus.PENDING)
+IN_PROGRESS = literal(CommandStatus.IN_PROGRESS)
+COMPLETED = literal(CommandStatus.COMPLETED)
+IN_TSQ = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 
 CLAIM_COMMANDS = f"""
 WITH candidates AS (
-    SELECT domain, command_id,
-           status = 'IN_PROGRESS'
+    SELECT domain, command_id, status,
+           status = {IN_PROGRESS}
                AND attempts >= coalesce(max_attempts, %(default_max_attempts)s) AS exhausted
     FROM triobus.command
-    WHERE domain = %(domain)s AND status IN ('PENDING', 'IN_PROGRESS') AND visible_at <= now()
+    WHERE domain = %(domain)s AND status IN ({PENDING}, {IN_PROGRESS}) AND visible_at <= now()
     ORDER BY visible_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE triobus.command c
-    SET status = 'IN_PROGRESS', attempts = c.attempts + 1,
+    SET status = {IN_PROGRESS}, attempts = c.attempts + 1,
         visible_at = now() + make_interval(secs => %(visibility_timeout)s),
         lease_token = gen_random_uuid(), updated_at = now()
     FROM candidates k
     WHERE c.domain = k.domain AND c.command_id = k.command_id AND NOT k.exhausted
     RETURNING c.domain, c.command_id, c.command_type, c.data, c.correlation_id, c.reply_to,
-              c.batch_id, c.attempts, c.max_attempts, c.lease_token, c.visible_at
+              c.batch_id, c.attempts, c.max_attempts, c.lease_token, c.visible_at,
+              k.status AS claimed_from
 ), exhausted AS (
     UPDATE triobus.command c
-    SET status = 'IN_TROUBLESHOOTING_QUEUE', lease_token = NULL, updated_at = now(),
+    SET status = {IN_TSQ}, lease_token = NULL, updated_at = now(),
         error_type = 'LeaseExpired', error_code = 'LEASE_EXPIRED',
         error_message = 'claimed ' || c.attempts
             || ' times without a result: the worker stopped or died each time',
@@ -62,20 +76,20 @@ WITH candidates AS (
               c.error_message
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, 'RECEIVED', jsonb_build_object('attempt', attempts)
+    SELECT domain, command_id, {literal(AuditEventType.RECEIVED)},
+           jsonb_build_object('attempt', attempts)
     FROM claimed
     UNION ALL
-    SELECT domain, command_id, 'RETRY_EXHAUSTED',
+    SELECT domain, command_id, {literal(AuditEventType.RETRY_EXHAUSTED)},
            jsonb_build_object('attempt', attempts, 'error_type', error_type,
                               'error_code', error_code, 'error_message', error_message)
     FROM exhausted
-), deltas AS (
-    SELECT domain, batch_id, true AS started, 0 AS completed, 0 AS failed, 0 AS canceled,
-           0 AS tsq
-    FROM claimed
-    UNION ALL
-    SELECT domain, batch_id, false, 0, 0, 0, 1 FROM exhausted
-), {batch_changes_sql("deltas")}
+), {
+    batch_count_ctes(
+        StatusChange("claimed", old="claimed_from", new=IN_PROGRESS),
+        StatusChange("exhausted", old=IN_PROGRESS, new=IN_TSQ),
+    )
+}
 SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
        max_attempts, lease_token
 FROM claimed ORDER BY visible_at, command_id
@@ -83,7 +97,7 @@ FROM claimed ORDER BY visible_at, command_id
 
 # Heartbeats and releases skip rows another statement holds (the acker writing their
 # result, or a claimer that took an expired lease): they never wait, so never deadlock.
-_STILL_CLAIMED = """
+_HELD_BY_THESE_LEASES = """
 WITH mine AS (
     SELECT domain, command_id FROM triobus.command
     WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
@@ -91,18 +105,30 @@ WITH mine AS (
     FOR UPDATE SKIP LOCKED
 )"""
 
-EXTEND_LEASES_IF_CLAIMED = f"""{_STILL_CLAIMED}
+EXTEND_LEASES_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}
 UPDATE triobus.command c
 SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
 
-RELEASE_IF_CLAIMED = f"""{_STILL_CLAIMED}
+RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}
 UPDATE triobus.command c
-SET status = 'PENDING', visible_at = now(), lease_token = NULL,
+SET status = {PENDING}, visible_at = now(), lease_token = NULL,
     attempts = c.attempts - 1, updated_at = now()
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
+
+# A terminal result with a reply_to writes its one reply: the result, or the error.
+_ACK_REPLIES = insert_replies(
+    "acked",
+    outcome=f"CASE status WHEN {COMPLETED} THEN {literal(ReplyOutcome.SUCCESS)}"
+    f" ELSE {literal(ReplyOutcome.FAILED)} END",
+    data=f"""CASE status WHEN {COMPLETED} THEN result
+                ELSE jsonb_strip_nulls(jsonb_build_object(
+                    'error_type', error_type, 'error_code', error_code,
+                    'error_message', error_message, 'error_details', error_details)) END""",
+    only_if=f"status IN {literal_list((CommandStatus.COMPLETED, CommandStatus.FAILED))}",
+)
 
 ACK_IF_CLAIMED = f"""
 WITH r AS (
@@ -124,7 +150,7 @@ WITH r AS (
                              ELSE r.error_message END,
         error_details = CASE WHEN r.error_type IS NULL THEN c.error_details
                              ELSE r.error_details::jsonb END,
-        visible_at = CASE WHEN r.status = 'PENDING'
+        visible_at = CASE WHEN r.status = {PENDING}
                           THEN now() + make_interval(secs => r.retry_delay)
                           ELSE c.visible_at END,
         lease_token = NULL,
@@ -141,84 +167,72 @@ WITH r AS (
            jsonb_strip_nulls(jsonb_build_object(
                'attempt', attempts, 'error_type', error_type, 'error_code', error_code,
                'error_message', error_message, 'error_details', error_details,
-               'retry_in_seconds', CASE WHEN status = 'PENDING' THEN retry_delay END))
+               'retry_in_seconds', CASE WHEN status = {PENDING} THEN retry_delay END))
     FROM acked
 ), replies AS (
-    INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
-    SELECT reply_to, domain, command_id, correlation_id,
-           CASE status WHEN 'COMPLETED' THEN 'SUCCESS' ELSE 'FAILED' END,
-           CASE status WHEN 'COMPLETED' THEN result
-                ELSE jsonb_strip_nulls(jsonb_build_object(
-                    'error_type', error_type, 'error_code', error_code,
-                    'error_message', error_message, 'error_details', error_details)) END
-    FROM acked
-    WHERE reply_to IS NOT NULL AND status IN ('COMPLETED', 'FAILED')
-    ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
-    RETURNING pg_notify('triobus_reply', queue)
-), deltas AS (
-    SELECT domain, batch_id, false AS started,
-           (status = 'COMPLETED')::int AS completed, (status = 'FAILED')::int AS failed,
-           0 AS canceled, (status = 'IN_TROUBLESHOOTING_QUEUE')::int AS tsq
-    FROM acked
-), {batch_changes_sql("deltas")}
-SELECT a.domain, a.command_id, a.status, a.batch_id, {BATCH_CHANGE_COLUMNS}
-FROM acked a
-LEFT JOIN batch_updated bu ON bu.domain = a.domain AND bu.batch_id = a.batch_id
+    {_ACK_REPLIES}
+), {batch_count_ctes(StatusChange("acked", old=IN_PROGRESS, new="status"))}
+{select_changes("acked")}
 """
 
 
 @attrs.frozen(kw_only=True)
 class ClaimedCommand:
-    """A command row as claimed: the lease is held until `visible_at` unless extended."""
+    """A command as claimed: its lease is held until `visible_at` unless extended, and
+    every write about it is guarded by `lease_token`. `attempt` counts this claim;
+    `max_attempts` is None when the worker's retry policy decides."""
 
-    domain: str
-    command_id: UUID
-    command_type: str
-    data: dict[str, Any]
-    correlation_id: UUID
-    reply_to: str | None
-    batch_id: UUID | None
+    command: Command
     attempt: int
     max_attempts: int | None
     lease_token: UUID
 
+    @property
+    def key(self) -> tuple[str, UUID]:
+        return self.command.domain, self.command.command_id
+
     @classmethod
     def from_row(cls, row: Row) -> ClaimedCommand:
         return cls(
-            domain=row["domain"],
-            command_id=row["command_id"],
-            command_type=row["command_type"],
-            data=row["data"],
-            correlation_id=row["correlation_id"],
-            reply_to=row["reply_to"],
-            batch_id=row["batch_id"],
+            command=Command.from_row(row),
             attempt=row["attempts"],
             max_attempts=row["max_attempts"],
             lease_token=row["lease_token"],
         )
 
 
-class Outcome(enum.Enum):
-    """How a handler run ends, as (new status, audit event)."""
+class Outcome(enum.StrEnum):
+    """How a handler run ends. Each outcome is named after the audit event it writes and
+    leads to one status (`status`)."""
 
-    COMPLETED = ("COMPLETED", "COMPLETED")
-    RETRY_SCHEDULED = ("PENDING", "RETRY_SCHEDULED")
-    RETRY_EXHAUSTED = ("IN_TROUBLESHOOTING_QUEUE", "RETRY_EXHAUSTED")
-    MOVED_TO_TSQ = ("IN_TROUBLESHOOTING_QUEUE", "MOVED_TO_TSQ")
-    BUSINESS_RULE_FAILED = ("FAILED", "BUSINESS_RULE_FAILED")
-
-    @property
-    def status(self) -> str:
-        return self.value[0]
+    COMPLETED = "COMPLETED"
+    RETRY_SCHEDULED = "RETRY_SCHEDULED"
+    RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
+    MOVED_TO_TSQ = "MOVED_TO_TSQ"
+    BUSINESS_RULE_FAILED = "BUSINESS_RULE_FAILED"
 
     @property
-    def event(self) -> str:
-        return self.value[1]
+    def event(self) -> AuditEventType:
+        return AuditEventType(self.value)
+
+    @property
+    def status(self) -> CommandStatus:
+        return _STATUS_AFTER[self]
+
+
+_STATUS_AFTER = {
+    Outcome.COMPLETED: CommandStatus.COMPLETED,
+    Outcome.RETRY_SCHEDULED: CommandStatus.PENDING,
+    Outcome.RETRY_EXHAUSTED: CommandStatus.IN_TROUBLESHOOTING_QUEUE,
+    Outcome.MOVED_TO_TSQ: CommandStatus.IN_TROUBLESHOOTING_QUEUE,
+    Outcome.BUSINESS_RULE_FAILED: CommandStatus.FAILED,
+}
 
 
 @attrs.frozen(kw_only=True)
 class HandlerResult:
-    """The result of one handler run, to acknowledge under the claim's lease token."""
+    """The result of one handler run, to acknowledge under the claim's lease token.
+    `result_json` and `error_details_json` are already encoded."""
 
     domain: str
     command_id: UUID
@@ -262,7 +276,7 @@ async def extend_leases_if_claimed(
 ) -> int:
     """Push back the leases still held by these claims; return how many were extended."""
     return await conn.execute(
-        EXTEND_LEASES_IF_CLAIMED, _claim_params(domain, claims, visibility_timeout)
+        EXTEND_LEASES_IF_CLAIMED, _lease_params(domain, claims, visibility_timeout)
     )
 
 
@@ -270,15 +284,15 @@ async def release_if_claimed(
     conn: Connection, domain: str, claims: Sequence[ClaimedCommand]
 ) -> int:
     """Make claimed commands visible again at once (clean stop); the attempt is not counted."""
-    return await conn.execute(RELEASE_IF_CLAIMED, _claim_params(domain, claims, 0.0))
+    return await conn.execute(RELEASE_IF_CLAIMED, _lease_params(domain, claims, 0.0))
 
 
-def _claim_params(
+def _lease_params(
     domain: str, claims: Sequence[ClaimedCommand], visibility_timeout: float
 ) -> dict[str, Any]:
     return {
         "domain": domain,
-        "command_ids": [c.command_id for c in claims],
+        "command_ids": [c.command.command_id for c in claims],
         "lease_tokens": [c.lease_token for c in claims],
         "visibility_timeout": visibility_timeout,
     }
@@ -288,7 +302,7 @@ async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> 
     """Write many results in one statement; results whose lease was lost are skipped.
 
     Writes each command's new state, its audit event and, for a terminal outcome with a
-    `reply_to`, exactly one reply (and a NOTIFY on `triobus_reply` with the queue name).
+    `reply_to`, exactly one reply (and a NOTIFY on `Channel.REPLY` with the queue name).
     """
     results = sorted(results, key=lambda r: (r.domain, r.command_id.int))
     rows = await conn.fetch_all(

@@ -1,4 +1,9 @@
-"""Records read from and written to the store: frozen attrs classes built with `from_row`."""
+"""The store's vocabulary: status enums and the records read from and written to it.
+
+Enums are `StrEnum`s whose values are what the tables hold (the migrations' CHECK lists
+are tested against them). Records are frozen attrs classes, built from rows with
+`from_row` so that tests and callers can build them without rows.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from uuid import UUID
 
 import attrs
 
-from triobus.persistence.driver import Row
+from triobus.persistence.connection import Row
 
 
 class CommandStatus(enum.StrEnum):
@@ -22,7 +27,20 @@ class CommandStatus(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """Terminal states are final: a command reaches one at most once (invariant 1)."""
         return self in (CommandStatus.COMPLETED, CommandStatus.FAILED, CommandStatus.CANCELED)
+
+
+class BatchStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    COMPLETED_WITH_FAILURES = "COMPLETED_WITH_FAILURES"
+
+    @property
+    def is_final(self) -> bool:
+        """A batch leaves IN_PROGRESS for a final status exactly once (invariant 3)."""
+        return self in (BatchStatus.COMPLETED, BatchStatus.COMPLETED_WITH_FAILURES)
 
 
 class AuditEventType(enum.StrEnum):
@@ -41,6 +59,12 @@ class AuditEventType(enum.StrEnum):
     BATCH_COMPLETED = "BATCH_COMPLETED"
 
 
+class ReplyOutcome(enum.StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
 @attrs.frozen
 class SendResult:
     """What `send` stored: the command's key and the correlation id used everywhere."""
@@ -48,6 +72,31 @@ class SendResult:
     domain: str
     command_id: UUID
     correlation_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class Command:
+    """A command as its handler receives it."""
+
+    domain: str
+    command_type: str
+    command_id: UUID
+    data: dict[str, Any]
+    correlation_id: UUID
+    reply_to: str | None
+    batch_id: UUID | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Command:
+        return cls(
+            domain=row["domain"],
+            command_type=row["command_type"],
+            command_id=row["command_id"],
+            data=row["data"],
+            correlation_id=row["correlation_id"],
+            reply_to=row["reply_to"],
+            batch_id=row["batch_id"],
+        )
 
 
 @attrs.frozen
@@ -58,6 +107,18 @@ class CommandError:
     code: str | None
     message: str | None
     details: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> CommandError | None:
+        """The error stored on a command row, if any."""
+        if row["error_type"] is None:
+            return None
+        return cls(
+            type=row["error_type"],
+            code=row["error_code"],
+            message=row["error_message"],
+            details=row["error_details"],
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -82,14 +143,6 @@ class CommandMetadata:
 
     @classmethod
     def from_row(cls, row: Row) -> CommandMetadata:
-        error = None
-        if row["error_type"] is not None:
-            error = CommandError(
-                type=row["error_type"],
-                code=row["error_code"],
-                message=row["error_message"],
-                details=row["error_details"],
-            )
         return cls(
             domain=row["domain"],
             command_id=row["command_id"],
@@ -102,10 +155,49 @@ class CommandMetadata:
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
             result=row["result"],
-            last_error=error,
+            last_error=CommandError.from_row(row),
             visible_at=row["visible_at"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+        )
+
+
+@attrs.frozen(kw_only=True)
+class TroubleshootingItem:
+    """A command waiting in the TSQ for an operator; `entered_at` is when it moved there."""
+
+    domain: str
+    command_id: UUID
+    command_type: str
+    data: dict[str, Any]
+    error_type: str | None
+    error_code: str | None
+    error_message: str | None
+    error_details: dict[str, Any] | None
+    attempts: int
+    max_attempts: int | None
+    correlation_id: UUID
+    reply_to: str | None
+    batch_id: UUID | None
+    entered_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> TroubleshootingItem:
+        return cls(
+            domain=row["domain"],
+            command_id=row["command_id"],
+            command_type=row["command_type"],
+            data=row["data"],
+            error_type=row["error_type"],
+            error_code=row["error_code"],
+            error_message=row["error_message"],
+            error_details=row["error_details"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            correlation_id=row["correlation_id"],
+            reply_to=row["reply_to"],
+            batch_id=row["batch_id"],
+            entered_at=row["updated_at"],
         )
 
 
@@ -130,12 +222,6 @@ class AuditEvent:
             details=row["details"],
             occurred_at=row["occurred_at"],
         )
-
-
-class ReplyOutcome(enum.StrEnum):
-    SUCCESS = "SUCCESS"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
 
 
 @attrs.frozen(kw_only=True)
@@ -170,31 +256,101 @@ class Reply:
 
 
 @attrs.frozen
+class BatchCounts:
+    """A batch's counts of members in each counted status (the rest are open: PENDING or
+    IN_PROGRESS). The terminal counts never decrease; the troubleshooting count goes up
+    and down."""
+
+    completed: int
+    failed: int
+    canceled: int
+    in_troubleshooting: int
+
+    @property
+    def terminal(self) -> int:
+        return self.completed + self.failed + self.canceled
+
+
+@attrs.frozen(kw_only=True)
+class BatchMetadata:
+    """A batch and its counts, exact as of the read.
+
+    `total_count = pending + in_progress + completed_count + failed_count +
+    canceled_count + in_troubleshooting_count` at every commit.
+    """
+
+    domain: str
+    batch_id: UUID
+    name: str | None
+    custom_data: dict[str, Any] | None
+    status: BatchStatus
+    total_count: int
+    completed_count: int
+    failed_count: int
+    canceled_count: int
+    in_troubleshooting_count: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    @property
+    def counts(self) -> BatchCounts:
+        return BatchCounts(
+            self.completed_count,
+            self.failed_count,
+            self.canceled_count,
+            self.in_troubleshooting_count,
+        )
+
+    @classmethod
+    def from_row(cls, row: Row) -> BatchMetadata:
+        return cls(
+            domain=row["domain"],
+            batch_id=row["batch_id"],
+            name=row["name"],
+            custom_data=row["custom_data"],
+            status=BatchStatus(row["status"]),
+            total_count=row["total_count"],
+            completed_count=row["completed_count"],
+            failed_count=row["failed_count"],
+            canceled_count=row["canceled_count"],
+            in_troubleshooting_count=row["in_troubleshooting_count"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+        )
+
+
+@attrs.frozen
 class CommandChange:
     """A committed state change of one command; `batch_completed` if it completed its batch.
 
-    `batch_counts` are its batch's (completed, failed, canceled, in_troubleshooting)
-    counts as of the commit, when the change changed them.
+    `batch_counts` are its batch's counts as of the commit, when the change changed them.
     """
 
     domain: str
     command_id: UUID
-    status: str
+    status: CommandStatus
     batch_id: UUID | None
     batch_completed: bool
-    batch_counts: tuple[int, int, int, int] | None = None
+    batch_counts: BatchCounts | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> CommandChange:
+        """From a row of a statement that ends with `batch_counts.CHANGE_COLUMNS`."""
         return cls(
             domain=row["domain"],
             command_id=row["command_id"],
-            status=row["status"],
+            status=CommandStatus(row["status"]),
             batch_id=row["batch_id"],
             batch_completed=row["batch_completed"],
             batch_counts=None
             if row["batch_completed_count"] is None
-            else (
+            else BatchCounts(
                 row["batch_completed_count"],
                 row["batch_failed_count"],
                 row["batch_canceled_count"],

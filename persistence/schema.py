@@ -2,9 +2,9 @@
 
 The schema is the sum of the numbered files in `migrations/` (`NNN_name.sql`), applied
 in order. Invariants: a migration is applied at most once (recorded in
-`triobus.schema_version`); concurrent `migrate` calls serialise on a transaction-level
-advisory lock; each pending migration runs in the same transaction as its version row,
-so a failure leaves the schema at the last good version.
+`triobus.schema_version`); concurrent `migrate_connection` calls serialise on a
+transaction-level advisory lock; each pending migration runs in the same transaction as
+its version row, so a failure leaves the schema at the last good version.
 """
 
 from __future__ import annotations
@@ -15,14 +15,24 @@ from importlib import resources
 
 import attrs
 
-from triobus.persistence.driver import Connection, DriverKind, connect
-from triobus.persistence.validation import check_dsn
+from triobus.persistence.connection import Connection
+from triobus.persistence.errors import SchemaError
 
 logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key: "triobus" as a number, fixed forever.
-_MIGRATION_LOCK_KEY = 0x7472696F627573
+MIGRATION_LOCK_KEY = 0x7472696F627573
 _FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%s)"
+CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS triobus"
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS triobus.schema_version (
+    version integer PRIMARY KEY, name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now())
+"""
+SELECT_VERSIONS = "SELECT version FROM triobus.schema_version"
+INSERT_VERSION = "INSERT INTO triobus.schema_version (version, name) VALUES (%s, %s)"
 
 
 @attrs.frozen
@@ -42,7 +52,7 @@ def available_migrations() -> list[Migration]:
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration versions must be 1..N without gaps, found {versions}")
+        raise SchemaError(f"migration versions must be 1..N without gaps, found {versions}")
     return found
 
 
@@ -50,33 +60,16 @@ async def migrate_connection(conn: Connection) -> list[int]:
     """Apply pending migrations on `conn`; return the versions applied now."""
     applied_now = []
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-        await conn.execute("CREATE SCHEMA IF NOT EXISTS triobus")
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS triobus.schema_version ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        rows = await conn.fetch_all("SELECT version FROM triobus.schema_version")
-        done = {row["version"] for row in rows}
+        await conn.execute(LOCK_MIGRATIONS, (MIGRATION_LOCK_KEY,))
+        await conn.execute(CREATE_SCHEMA)
+        await conn.execute(CREATE_VERSION_TABLE)
+        done = {row["version"] for row in await conn.fetch_all(SELECT_VERSIONS)}
         for migration in available_migrations():
             if migration.version in done:
                 continue
             await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO triobus.schema_version (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
-            )
+            await conn.execute(INSERT_VERSION, (migration.version, migration.name))
             applied_now.append(migration.version)
     if applied_now:
         logger.info("applied migrations %s", applied_now)
     return applied_now
-
-
-async def migrate(dsn: str, *, driver: DriverKind = DriverKind.NATIVE) -> list[int]:
-    """Bring the database at `dsn` to the newest schema; return the versions applied."""
-    conn = await connect(check_dsn(dsn), driver)
-    try:
-        return await migrate_connection(conn)
-    finally:
-        await conn.close()

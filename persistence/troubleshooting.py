@@ -8,153 +8,122 @@ for cancel and complete, the command's one reply in the same statement.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import attrs
+from triobus.persistence.batch_counts import StatusChange, batch_count_ctes, select_changes
+from triobus.persistence.connection import Connection
+from triobus.persistence.literals import literal
+from triobus.persistence.notifications import Channel, notify_sql
+from triobus.persistence.records import (
+    AuditEventType,
+    CommandChange,
+    CommandStatus,
+    ReplyOutcome,
+    TroubleshootingItem,
+)
+from triobus.persistence.replies import insert_replies
 
-from triobus.persistence.batches import BATCH_CHANGE_COLUMNS, batch_changes_sql
-from triobus.persistence.driver import Connection, Row
-from triobus.persistence.records import CommandChange
+IN_TSQ = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 
-_SCOPE = """
-    domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
-    AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
-    AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
-"""
+# The commands an action or listing applies to: one command, or a domain (and type) in bulk.
+_IN_SCOPE = f"""domain = %(domain)s AND status = {IN_TSQ}
+      AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
+      AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)"""
 
 SELECT_TROUBLESHOOTING = f"""
-SELECT * FROM triobus.command WHERE {_SCOPE}
+SELECT * FROM triobus.command
+WHERE {_IN_SCOPE}
 ORDER BY updated_at, command_id LIMIT %(limit)s OFFSET %(offset)s
 """
 
-COUNT_TROUBLESHOOTING = f"SELECT count(*) AS n FROM triobus.command WHERE {_SCOPE}"
-
-RETRY = f"""
-WITH changed AS (
-    UPDATE triobus.command
-    SET status = 'PENDING', attempts = 0, visible_at = now(), lease_token = NULL,
-        updated_at = now()
-    WHERE {_SCOPE}
-    RETURNING domain, command_id, batch_id, status, reply_to, correlation_id, result
-), audit AS (
-    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, 'OPERATOR_RETRY',
-           jsonb_build_object('operator', %(operator)s::text)
-    FROM changed
-), deltas AS (
-    SELECT domain, batch_id, false AS started, 0 AS completed, 0 AS failed, 0 AS canceled,
-           -1 AS tsq
-    FROM changed
-), {batch_changes_sql("deltas")}
-SELECT c.domain, c.command_id, c.batch_id, c.status, false AS batch_completed,
-       NULL::int AS batch_completed_count, NULL::int AS batch_failed_count,
-       NULL::int AS batch_canceled_count, NULL::int AS batch_tsq_count,
-       pg_notify('triobus_command', c.domain)
-FROM changed c
+COUNT_TROUBLESHOOTING = f"""
+SELECT count(*) AS n FROM triobus.command
+WHERE {_IN_SCOPE}
 """
 
-CANCEL = f"""
+LOCK_COMMAND_STATUS = """
+SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE
+"""
+
+RETRY_FROM_TSQ = f"""
 WITH changed AS (
     UPDATE triobus.command
-    SET status = 'CANCELED', lease_token = NULL, updated_at = now()
-    WHERE {_SCOPE}
+    SET status = {literal(CommandStatus.PENDING)}, attempts = 0, visible_at = now(),
+        lease_token = NULL, updated_at = now()
+    WHERE {_IN_SCOPE}
+    RETURNING domain, command_id, batch_id, status
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, {literal(AuditEventType.OPERATOR_RETRY)},
+           jsonb_build_object('operator', %(operator)s::text)
+    FROM changed
+), {batch_count_ctes(StatusChange("changed", old=IN_TSQ, new="status"))}
+{select_changes("changed", notify_sql(Channel.COMMAND, "c.domain"))}
+"""
+
+# Cancel and complete end the command for good: its one reply is written here.
+_CANCEL_REPLIES = insert_replies(
+    "changed",
+    outcome=literal(ReplyOutcome.CANCELED),
+    data="jsonb_build_object('reason', %(reason)s::text)",
+)
+
+CANCEL_FROM_TSQ = f"""
+WITH changed AS (
+    UPDATE triobus.command
+    SET status = {literal(CommandStatus.CANCELED)}, lease_token = NULL, updated_at = now()
+    WHERE {_IN_SCOPE}
     RETURNING domain, command_id, batch_id, status, reply_to, correlation_id
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, 'OPERATOR_CANCEL',
+    SELECT domain, command_id, {literal(AuditEventType.OPERATOR_CANCEL)},
            jsonb_build_object('operator', %(operator)s::text, 'reason', %(reason)s::text)
     FROM changed
 ), replies AS (
-    INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
-    SELECT reply_to, domain, command_id, correlation_id, 'CANCELED',
-           jsonb_build_object('reason', %(reason)s::text)
-    FROM changed WHERE reply_to IS NOT NULL
-    ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
-    RETURNING pg_notify('triobus_reply', queue)
-), deltas AS (
-    SELECT domain, batch_id, false AS started, 0 AS completed, 0 AS failed, 1 AS canceled,
-           -1 AS tsq
-    FROM changed
-), {batch_changes_sql("deltas")}
-SELECT c.domain, c.command_id, c.batch_id, c.status, {BATCH_CHANGE_COLUMNS}
-FROM changed c
-LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id
+    {_CANCEL_REPLIES}
+), {batch_count_ctes(StatusChange("changed", old=IN_TSQ, new="status"))}
+{select_changes("changed")}
 """
 
-COMPLETE = f"""
+_COMPLETE_REPLIES = insert_replies("changed", outcome=literal(ReplyOutcome.SUCCESS), data="result")
+
+COMPLETE_FROM_TSQ = f"""
 WITH changed AS (
     UPDATE triobus.command
-    SET status = 'COMPLETED', result = %(result)s::jsonb, lease_token = NULL,
-        updated_at = now()
-    WHERE {_SCOPE}
+    SET status = {literal(CommandStatus.COMPLETED)}, result = %(result)s::jsonb,
+        lease_token = NULL, updated_at = now()
+    WHERE {_IN_SCOPE}
     RETURNING domain, command_id, batch_id, status, reply_to, correlation_id, result
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, 'OPERATOR_COMPLETE',
+    SELECT domain, command_id, {literal(AuditEventType.OPERATOR_COMPLETE)},
            jsonb_build_object('operator', %(operator)s::text)
     FROM changed
 ), replies AS (
-    INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
-    SELECT reply_to, domain, command_id, correlation_id, 'SUCCESS', result
-    FROM changed WHERE reply_to IS NOT NULL
-    ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
-    RETURNING pg_notify('triobus_reply', queue)
-), deltas AS (
-    SELECT domain, batch_id, false AS started, 1 AS completed, 0 AS failed, 0 AS canceled,
-           -1 AS tsq
-    FROM changed
-), {batch_changes_sql("deltas")}
-SELECT c.domain, c.command_id, c.batch_id, c.status, {BATCH_CHANGE_COLUMNS}
-FROM changed c
-LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id
+    {_COMPLETE_REPLIES}
+), {batch_count_ctes(StatusChange("changed", old=IN_TSQ, new="status"))}
+{select_changes("changed")}
 """
 
 
-class OperatorAction(enum.Enum):
-    RETRY = RETRY
-    CANCEL = CANCEL
-    COMPLETE = COMPLETE
+class OperatorAction(enum.StrEnum):
+    """What an operator does to a command in the TSQ."""
+
+    RETRY = "RETRY"
+    CANCEL = "CANCEL"
+    COMPLETE = "COMPLETE"
+
+    @property
+    def statement(self) -> str:
+        return _STATEMENTS[self]
 
 
-@attrs.frozen(kw_only=True)
-class TroubleshootingItem:
-    """A command waiting in the TSQ for an operator; `entered_at` is when it moved there."""
-
-    domain: str
-    command_id: UUID
-    command_type: str
-    data: dict[str, Any]
-    error_type: str | None
-    error_code: str | None
-    error_message: str | None
-    error_details: dict[str, Any] | None
-    attempts: int
-    max_attempts: int | None
-    correlation_id: UUID
-    reply_to: str | None
-    batch_id: UUID | None
-    entered_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Row) -> TroubleshootingItem:
-        return cls(
-            domain=row["domain"],
-            command_id=row["command_id"],
-            command_type=row["command_type"],
-            data=row["data"],
-            error_type=row["error_type"],
-            error_code=row["error_code"],
-            error_message=row["error_message"],
-            error_details=row["error_details"],
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            correlation_id=row["correlation_id"],
-            reply_to=row["reply_to"],
-            batch_id=row["batch_id"],
-            entered_at=row["updated_at"],
-        )
+_STATEMENTS = {
+    OperatorAction.RETRY: RETRY_FROM_TSQ,
+    OperatorAction.CANCEL: CANCEL_FROM_TSQ,
+    OperatorAction.COMPLETE: COMPLETE_FROM_TSQ,
+}
 
 
 def _scope(domain: str, command_id: UUID | None, command_type: str | None) -> dict[str, Any]:
@@ -178,13 +147,12 @@ async def count_troubleshooting(conn: Connection, domain: str, *, command_type: 
     return int(row["n"])
 
 
-async def lock_command_status(conn: Connection, domain: str, command_id: UUID) -> str | None:
+async def lock_command_status(
+    conn: Connection, domain: str, command_id: UUID
+) -> CommandStatus | None:
     """Lock the command row for this transaction; return its status (None if unknown)."""
-    row = await conn.fetch_one(
-        "SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE",
-        (domain, command_id),
-    )
-    return None if row is None else str(row["status"])
+    row = await conn.fetch_one(LOCK_COMMAND_STATUS, (domain, command_id))
+    return None if row is None else CommandStatus(row["status"])
 
 
 async def apply_operator_action(
@@ -200,7 +168,7 @@ async def apply_operator_action(
 ) -> list[CommandChange]:
     """Apply `action` to the TSQ commands in scope (one command, or a domain/type in bulk)."""
     rows = await conn.fetch_all(
-        action.value,
+        action.statement,
         {
             **_scope(domain, command_id, command_type),
             "operator": operator,

@@ -7,6 +7,7 @@ they are still restricted to a safe alphabet so they print and log cleanly.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import json
 import os
@@ -14,12 +15,16 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import TypeVar
 from uuid import UUID
 
 import attrs
 from psycopg.conninfo import conninfo_to_dict
 
-from triobus.persistence.errors import ValidationError
+from triobus.persistence.errors import DuplicateCommandError, ValidationError
+from triobus.persistence.records import BatchCommand
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 NAME_MAX_LENGTH = 100
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -31,32 +36,68 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 # json.dumps escapes NUL as \u0000; jsonb refuses it. An escaped backslash before it is not it.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-# Names seen valid: a batch of 100,000 commands checks the same few names over and over.
-_VALID_NAMES: set[str] = set()
-_VALID_NAMES_MAX = 10_000
 
 
-def check_name(kind: str, value: object, *, context: str = "") -> str:
-    """A domain, command type or queue name: 1-100 of ``A-Z a-z 0-9 _ . : -``."""
-    if type(value) is str and value in _VALID_NAMES:
-        return value
-    where = f" ({context})" if context else ""
+def _check_str(kind: str, value: object, *, max_length: int, where: str) -> str:
+    """A str that is neither blank nor longer than `max_length`."""
     if not isinstance(value, str):
         raise ValidationError(f"{kind} must be a str, got {type(value).__name__}{where}")
     if not value.strip():
         raise ValidationError(f"{kind} must not be empty or blank{where}")
-    if len(value) > NAME_MAX_LENGTH:
+    if len(value) > max_length:
         raise ValidationError(
-            f"{kind} is {len(value)} characters long, the limit is {NAME_MAX_LENGTH}{where}"
+            f"{kind} is {len(value)} characters long, the limit is {max_length}{where}"
         )
-    if not _NAME.fullmatch(value):
+    return value
+
+
+def check_name(
+    kind: str, value: object, *, context: str = "", known_valid: set[str] | None = None
+) -> str:
+    """A domain, command type or queue name: 1-100 of ``A-Z a-z 0-9 _ . : -``.
+
+    `known_valid`, when given, holds names already found valid and learns this one: a
+    batch of 100,000 commands checks the same few names over and over.
+    """
+    if known_valid is not None and type(value) is str and value in known_valid:
+        return value
+    where = f" ({context})" if context else ""
+    name = _check_str(kind, value, max_length=NAME_MAX_LENGTH, where=where)
+    if not _NAME.fullmatch(name):
         raise ValidationError(
-            f"{kind} {value!r} may only contain letters, digits and _ . : - "
+            f"{kind} {name!r} may only contain letters, digits and _ . : - "
             f"and must start with a letter or digit{where}"
         )
-    if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
-        _VALID_NAMES.clear()
-    _VALID_NAMES.add(value)
+    if known_valid is not None:
+        known_valid.add(name)
+    return name
+
+
+def check_text(kind: str, value: object, *, max_length: int, context: str) -> str:
+    """Free text (an operator name, a reason): non-blank, printable, at most `max_length`."""
+    text = _check_str(kind, value, max_length=max_length, where=f" ({context})")
+    if not text.isprintable():
+        raise ValidationError(f"{kind} must not contain control characters ({context})")
+    return text
+
+
+def check_enum(kind: str, enum_type: type[E], value: object, *, context: str = "") -> E:
+    """A member of `enum_type`, or its value."""
+    if isinstance(value, str):
+        try:
+            return enum_type(value)
+        except ValueError:
+            pass
+    where = f" ({context})" if context else ""
+    known = ", ".join(enum_type)
+    raise ValidationError(f"{kind} {value!r:.80} is not one of {known}{where}")
+
+
+def check_aware_datetime(kind: str, value: object, *, context: str = "") -> datetime:
+    """A timezone-aware datetime."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        where = f" ({context})" if context else ""
+        raise ValidationError(f"{kind} must be a timezone-aware datetime, got {value!r:.80}{where}")
     return value
 
 
@@ -217,36 +258,36 @@ def check_schedule(
     checked_delay = (
         None if delay is None else check_seconds("delay", delay, allow_zero=True, context=context)
     )
-    if not_before is not None and (
-        not isinstance(not_before, datetime) or not_before.tzinfo is None
-    ):
-        raise ValidationError(
-            f"not_before must be a timezone-aware datetime, got {not_before!r:.80}{where}"
-        )
-    return checked_delay, not_before
+    checked_not_before = (
+        None
+        if not_before is None
+        else check_aware_datetime("not_before", not_before, context=context)
+    )
+    return checked_delay, checked_not_before
 
 
-class _TimeOrderedUUIDs:
-    """UUIDv7 values (RFC 9562): 48 bits of Unix time in milliseconds, then 74 random bits,
-    drawn from one `os.urandom` call per 256 ids (a system call per id would be most of
-    the cost for a big batch). Ids generated close in time sort close together, so the
-    index on correlation ids takes them near its right edge, not on random pages."""
+class CorrelationIds:
+    """UUIDv7 values (RFC 9562) for one send or one batch: 48 bits of Unix time in
+    milliseconds, then 74 random bits. Ids generated close in time sort close together, so
+    the index on correlation ids takes them near its right edge, not on random pages.
+
+    The random bits come from `os.urandom`, drawn for up to 256 ids at a time (a system
+    call per id would be most of the cost of validating a big batch). Make one per call
+    and drop it with the call: buffered random bits must never outlive it, or a forked
+    child could hand out the same ones as its parent.
+    """
 
     _LOW_62_BITS = (1 << 62) - 1
     _VERSION_AND_VARIANT = (0x7 << 76) | (0x2 << 62)
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 1) -> None:
+        self._chunk = 10 * max(1, min(expected, 256))
         self._pool = b""
         self._offset = 0
-        # A forked child must not hand out the random bits its parent has buffered.
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._pool, self._offset = b"", 0
 
     def next(self) -> UUID:
         if self._offset >= len(self._pool):
-            self._pool, self._offset = os.urandom(10 * 256), 0
+            self._pool, self._offset = os.urandom(self._chunk), 0
         bits = int.from_bytes(self._pool[self._offset : self._offset + 10])  # 80 random bits
         self._offset += 10
         millis = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
@@ -256,9 +297,6 @@ class _TimeOrderedUUIDs:
             | (bits & self._LOW_62_BITS)
             | self._VERSION_AND_VARIANT
         )
-
-
-_correlation_ids = _TimeOrderedUUIDs()
 
 
 def new_command(
@@ -273,27 +311,34 @@ def new_command(
     delay: object = None,
     not_before: object = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    correlation_ids: CorrelationIds | None = None,
+    known_valid_names: set[str] | None = None,
 ) -> NewCommand:
-    """Validate everything `send` takes; generate a correlation id when none is given.
+    """Validate everything `send` takes; generate a correlation id when none is given
+    (from `correlation_ids`, else a new `CorrelationIds`). `known_valid_names` as for
+    `check_name`.
 
     The checks run without a context; a failure's message gets the domain and id then
     (formatting them up front cost a sixth of validating a batch of small commands)."""
-    checked_domain = check_name("domain", domain)
+    names = known_valid_names
+    checked_domain = check_name("domain", domain, known_valid=names)
     checked_id: UUID | None = None
     try:
         checked_id = check_uuid("command_id", command_id)
         checked_delay, checked_not_before = check_schedule(delay, not_before)
         return NewCommand(
             domain=checked_domain,
-            command_type=check_name("command_type", command_type),
+            command_type=check_name("command_type", command_type, known_valid=names),
             command_id=checked_id,
             data_json=encode_payload("data", data, max_bytes=max_payload_bytes),
             correlation_id=(
-                _correlation_ids.next()
+                (correlation_ids or CorrelationIds()).next()
                 if correlation_id is None
                 else check_uuid("correlation_id", correlation_id)
             ),
-            reply_to=None if reply_to is None else check_name("reply_to", reply_to),
+            reply_to=(
+                None if reply_to is None else check_name("reply_to", reply_to, known_valid=names)
+            ),
             max_attempts=(
                 None
                 if max_attempts is None
@@ -307,19 +352,55 @@ def new_command(
         raise ValidationError(f"{ex} (domain {checked_domain!r}{command})") from None
 
 
-def check_text(kind: str, value: object, *, max_length: int, context: str) -> str:
-    """Free text (an operator name, a reason): non-blank, printable, at most `max_length`."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{kind} must be a str, got {type(value).__name__} ({context})")
-    if not value.strip():
-        raise ValidationError(f"{kind} must not be empty or blank ({context})")
-    if len(value) > max_length:
+def new_batch_commands(
+    domain: str,
+    batch_id: UUID,
+    commands: object,
+    *,
+    max_payload_bytes: int,
+    context: str,
+) -> list[NewCommand]:
+    """Validate every command of a batch of `domain` as `send` validates one; raise
+    `DuplicateCommandError` for an id given twice and `ValidationError` for no command."""
+    if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
         raise ValidationError(
-            f"{kind} is {len(value)} characters long, the limit is {max_length} ({context})"
+            f"commands must be an iterable of BatchCommand, got {type(commands).__name__}"
+            f" ({context})"
         )
-    if not value.isprintable():
-        raise ValidationError(f"{kind} must not contain control characters ({context})")
-    return value
+    correlation_ids = CorrelationIds(expected=256)
+    known_valid_names = {domain}
+    validated: list[NewCommand] = []
+    seen: set[UUID] = set()
+    for index, command in enumerate(commands):
+        if not isinstance(command, BatchCommand):
+            raise ValidationError(
+                f"commands[{index}] must be a BatchCommand, got {type(command).__name__}"
+                f" ({context})"
+            )
+        try:
+            checked = new_command(
+                domain,
+                command.command_type,
+                command.command_id,
+                command.data,
+                correlation_id=command.correlation_id,
+                reply_to=command.reply_to,
+                max_attempts=command.max_attempts,
+                delay=command.delay,
+                not_before=command.not_before,
+                max_payload_bytes=max_payload_bytes,
+                correlation_ids=correlation_ids,
+                known_valid_names=known_valid_names,
+            )
+        except ValidationError as ex:
+            raise ValidationError(f"commands[{index}] of batch {batch_id}: {ex}") from None
+        if checked.command_id in seen:
+            raise DuplicateCommandError(domain, checked.command_id)
+        seen.add(checked.command_id)
+        validated.append(checked)
+    if not validated:
+        raise ValidationError(f"a batch needs at least one command ({context})")
+    return validated
 
 
 def storable_text(value: object, *, max_length: int) -> str:

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from triobus.actors import RetryPolicy
-from triobus.actors.worker import outcome_of
+from triobus.actors.outcomes import Returned, outcome_of
 from triobus.persistence.commands import insert_command
-from triobus.persistence.driver import Connection, connect
+from triobus.persistence.driver import DriverConnection, connect
 from triobus.persistence.queue import (
     ClaimedCommand,
     HandlerResult,
@@ -22,10 +22,10 @@ from triobus.persistence.validation import new_command
 
 
 def completed(claim: ClaimedCommand) -> HandlerResult:
-    return outcome_of(claim, 3, RetryPolicy(), value=None)
+    return outcome_of(claim, Returned(None), RetryPolicy())
 
 
-async def waits_for_a_lock(conn: Connection, backend_pid: int) -> bool:
+async def waits_for_a_lock(conn: DriverConnection, backend_pid: int) -> bool:
     row = await conn.fetch_one(
         "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
     )
@@ -43,7 +43,7 @@ async def test_an_ack_locks_its_rows_in_command_id_order(
         # The plan of a real queue (test_query_plans): primary-key lookups, not a scan.
         await acker.execute("SET enable_seqscan = off")
         claims = {
-            c.command_id: c
+            c.command.command_id: c
             for c in await claim_commands(
                 observer, "d", limit=2, visibility_timeout=30.0, default_max_attempts=3
             )

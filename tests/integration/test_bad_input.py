@@ -48,7 +48,8 @@ from triobus.actors import (
 )
 from triobus.actors.pytest_plugin import SessionServer
 from triobus.persistence.databases import create_database, database_dsn, drop_database
-from triobus.persistence.driver import ConnectionPool, DriverKind, open_pool
+from triobus.persistence.driver import DriverKind
+from triobus.persistence.pool import ConnectionPool, open_pool
 from triobus.persistence.validation import check_dsn
 
 # -- the seeded database ------------------------------------------------------------------

@@ -33,6 +33,7 @@ from triobus.actors import (
 from triobus.actors.batch_actor import BatchActor
 from triobus.actors.messages import BatchProgress
 from triobus.persistence.driver import connect
+from triobus.persistence.records import BatchCounts
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")
 
@@ -466,7 +467,9 @@ async def test_batch_actor_never_counts_a_commit_twice(
         callback_timeout=1.0,
     )
     actor.deliver(
-        BatchProgress("d", batch_id, completed=1, failed=0, canceled=0, in_troubleshooting=2)
+        BatchProgress(
+            "d", batch_id, BatchCounts(completed=1, failed=0, canceled=0, in_troubleshooting=2)
+        )
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)

@@ -12,19 +12,19 @@ import trio
 import trio.testing
 from psycopg.types.json import Jsonb
 
-from triobus.persistence import driver as driver_module
 from triobus.persistence.driver import (
-    Connection,
-    ConnectionPool,
+    DriverConnection,
     DriverKind,
+    DriverOptions,
+    ThreadConnection,
     connect,
-    open_pool,
 )
 from triobus.persistence.errors import (
     DatabaseError,
     DatabaseUnavailableError,
     UniqueViolationError,
 )
+from triobus.persistence.pool import ConnectionPool, open_pool
 
 if TYPE_CHECKING:
     from tests.conftest import Proxy
@@ -160,7 +160,7 @@ async def test_a_thread_call_cancelled_before_its_thread_ran_never_runs(
     connection handed on; the statement must then not run late, out of order. The test
     holds the thread driver's running lock to stand for a thread that has not started."""
     conn = await connect(triobus_dsn, DriverKind.THREAD)
-    assert isinstance(conn, driver_module.ThreadConnection)
+    assert isinstance(conn, ThreadConnection)
     try:
         await conn.execute("CREATE TEMP TABLE late (id int)")
         insert_scope = trio.CancelScope()
@@ -319,46 +319,46 @@ async def test_closed_pool_refuses(triobus_dsn: str, driver: DriverKind) -> None
             pass
 
 
-@pytest.fixture
-def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shorter waits for a hung server, so these tests take a second, not twenty."""
-    monkeypatch.setattr(driver_module, "_ROLLBACK_TIMEOUT", 0.3)
-    monkeypatch.setattr(driver_module, "_CANCEL_GRACE", 0.3)
+# Shorter waits for a hung server, so these tests take a second, not twenty.
+SHORT_GRACE = DriverOptions(rollback_timeout=0.3, cancel_grace=0.3)
 
 
-async def fail_in_a_transaction_while_the_server_hangs(conn: Connection, proxy: Proxy) -> None:
+async def fail_in_a_transaction_while_the_server_hangs(
+    conn: DriverConnection, proxy: Proxy
+) -> None:
     async with conn.transaction():
         await conn.execute("SELECT 1")
         proxy.freeze()
         raise RuntimeError("boom")
 
 
-async def thaw_after(proxy: Proxy, seconds: float) -> None:
-    await trio.sleep(seconds)
-    proxy.thaw()
-
-
-@pytest.mark.usefixtures("short_grace")
 async def test_rollback_on_a_hung_server_is_bounded_and_closes_the_connection(
     proxy: Proxy, driver: DriverKind
 ) -> None:
-    conn = await connect(proxy.dsn, driver)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(thaw_after, proxy, 5.0)  # a hang fails the test, not the suite
-        started = trio.current_time()
+    conn = await connect(proxy.dsn, driver, SHORT_GRACE)
+    failed = trio.Event()
+    started = trio.current_time()
+
+    async def fail_while_the_server_hangs() -> None:
         with pytest.raises(RuntimeError, match="boom"):
             await fail_in_a_transaction_while_the_server_hangs(conn, proxy)
-        assert trio.current_time() - started < 3.0
-        nursery.cancel_scope.cancel()
+        failed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fail_while_the_server_hangs)
+        with trio.move_on_after(3.0):
+            await failed.wait()
+        took = trio.current_time() - started
+        proxy.thaw()  # the rollback is shielded: were it hung, this ends it, and the test fails
+    assert failed.is_set() and took < 3.0
     assert not conn.is_reusable()
     await conn.close()
 
 
-@pytest.mark.usefixtures("short_grace")
 async def test_health_check_cancelled_on_a_hung_server_does_not_leak_the_connection(
     proxy: Proxy, driver: DriverKind
 ) -> None:
-    async with open_pool(proxy.dsn, driver=driver, check_after=0.0) as pool:
+    async with open_pool(proxy.dsn, driver=driver, check_after=0.0, options=SHORT_GRACE) as pool:
         async with pool.connection() as conn:
             await conn.execute("SELECT 1")
         proxy.freeze()

@@ -22,6 +22,7 @@ from triobus.persistence.embedded import (
     find_postgres_bin_dir,
     open_embedded_postgres,
 )
+from triobus.persistence.errors import ValidationError
 
 AS_ROOT = os.geteuid() == 0
 
@@ -188,7 +189,7 @@ async def test_invalid_settings_are_rejected_before_anything_starts(
     settings: dict[str, object],
 ) -> None:
     before, processes = cluster_dirs(), cluster_processes()
-    with pytest.raises(ValueError, match="setting"):
+    with pytest.raises(ValidationError, match="setting"):
         async with open_embedded_postgres(settings=settings):  # type: ignore[arg-type]
             pytest.fail("started")
     assert cluster_dirs() == before

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from triobus.persistence.driver import Connection, connect
+from triobus.persistence.driver import DriverConnection, connect
 from triobus.persistence.queue import (
     ACK_IF_CLAIMED,
     CLAIM_COMMANDS,
@@ -19,7 +19,7 @@ from triobus.persistence.troubleshooting import COUNT_TROUBLESHOOTING, SELECT_TR
 
 
 @pytest.fixture
-async def conn(triobus_dsn: str) -> AsyncIterator[Connection]:
+async def conn(triobus_dsn: str) -> AsyncIterator[DriverConnection]:
     connection = await connect(triobus_dsn)
     # A queue just filled by a bulk insert, its statistics from when it was empty: the
     # state in which a guard naming the status picked the partial claim index.
@@ -38,12 +38,12 @@ async def conn(triobus_dsn: str) -> AsyncIterator[Connection]:
         await connection.close()
 
 
-async def plan(conn: Connection, sql: str, params: dict[str, Any]) -> str:
+async def plan(conn: DriverConnection, sql: str, params: dict[str, Any]) -> str:
     rows = await conn.fetch_all("EXPLAIN " + sql, params)
     return "\n".join(row["QUERY PLAN"] for row in rows)
 
 
-async def test_claim_uses_the_partial_claimable_index(conn: Connection) -> None:
+async def test_claim_uses_the_partial_claimable_index(conn: DriverConnection) -> None:
     text = await plan(
         conn,
         CLAIM_COMMANDS,
@@ -55,7 +55,7 @@ async def test_claim_uses_the_partial_claimable_index(conn: Connection) -> None:
 
 @pytest.mark.parametrize("sql", [SELECT_TROUBLESHOOTING, COUNT_TROUBLESHOOTING])
 async def test_troubleshooting_queries_use_the_partial_tsq_index(
-    conn: Connection, sql: str
+    conn: DriverConnection, sql: str
 ) -> None:
     params = {"domain": "d", "command_id": None, "command_type": None, "limit": 50, "offset": 0}
     text = await plan(conn, sql, params)
@@ -65,7 +65,7 @@ async def test_troubleshooting_queries_use_the_partial_tsq_index(
 
 @pytest.mark.parametrize("sql", [ACK_IF_CLAIMED, EXTEND_LEASES_IF_CLAIMED, RELEASE_IF_CLAIMED])
 async def test_lease_guarded_writes_find_commands_by_primary_key(
-    conn: Connection, sql: str
+    conn: DriverConnection, sql: str
 ) -> None:
     """Not through the partial claim index: with many pending commands that scans them all."""
     ids = [uuid.uuid4() for _ in range(8)]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import trio
 
 from triobus.actors.pytest_plugin import SessionServer
-from triobus.persistence.databases import create_database, drop_database
+from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
-from triobus.persistence.schema import available_migrations, migrate
+from triobus.persistence.records import BatchStatus, CommandStatus, ReplyOutcome
+from triobus.persistence.schema import available_migrations
 
 
 async def test_migrations_are_numbered_from_one_without_gaps() -> None:
@@ -53,3 +55,26 @@ async def test_concurrent_migrations_apply_each_version_once(
         ]
     finally:
         await drop_database(triobus_server.admin_dsn, name)
+
+
+# Each CHECK constraint listing a column's values, and the enum those values must be.
+VALUE_LISTS = {
+    "command_status_known": CommandStatus,
+    "batch_status_known": BatchStatus,
+    "reply_outcome_known": ReplyOutcome,
+}
+
+
+async def test_the_checked_value_lists_of_the_schema_are_the_enums(triobus_dsn: str) -> None:
+    """The schema is the sum of the migrations: read the constraints PostgreSQL holds."""
+    conn = await connect(triobus_dsn)
+    try:
+        rows = await conn.fetch_all(
+            "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint"
+            " WHERE connamespace = 'triobus'::regnamespace AND conname = ANY(%s)",
+            (list(VALUE_LISTS),),
+        )
+    finally:
+        await conn.close()
+    checked = {row["conname"]: set(re.findall(r"'(\w+)'", row["definition"])) for row in rows}
+    assert checked == {name: {str(v) for v in enum} for name, enum in VALUE_LISTS.items()}

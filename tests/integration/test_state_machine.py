@@ -54,7 +54,7 @@ from triobus.actors import (
     TransientCommandError,
     open_runtime,
 )
-from triobus.actors.worker import outcome_of
+from triobus.actors.outcomes import Raised, Returned, outcome_of
 from triobus.persistence.queue import (
     ClaimedCommand,
     HandlerResult,
@@ -64,7 +64,7 @@ from triobus.persistence.queue import (
     extend_leases_if_claimed,
     release_if_claimed,
 )
-from triobus.persistence.records import CommandChange
+from triobus.persistence.records import BatchCounts, CommandChange
 
 T = TypeVar("T")
 Key = tuple[str, uuid.UUID]  # (domain, id) of a command or batch
@@ -185,6 +185,8 @@ class ModelBatch:
 
 
 def key_of(claim: ClaimedCommand | HandlerResult | CommandChange) -> Key:
+    if isinstance(claim, ClaimedCommand):
+        return claim.key
     return claim.domain, claim.command_id
 
 
@@ -202,12 +204,11 @@ def expected_outcome(behaviour: str, claim: ClaimedCommand) -> Outcome:
 
 def handler_result(behaviour: str, claim: ClaimedCommand) -> HandlerResult:
     """What the worker would acknowledge for a handler that behaved so."""
-    max_attempts = claim.max_attempts or POLICY.max_attempts
     match behaviour:
         case "success":
-            return outcome_of(claim, max_attempts, POLICY, value={"attempt": claim.attempt})
+            return outcome_of(claim, Returned({"attempt": claim.attempt}), POLICY)
         case "invalid":  # NaN is not storable JSON: the result is refused
-            return outcome_of(claim, max_attempts, POLICY, value={"x": float("nan")})
+            return outcome_of(claim, Returned({"x": float("nan")}), POLICY)
         case "transient":
             error: Exception = TransientCommandError("FLAKY", "try again")
         case "crash":
@@ -216,7 +217,7 @@ def handler_result(behaviour: str, claim: ClaimedCommand) -> HandlerResult:
             error = PermanentCommandError("BROKEN", "needs an operator", {"hint": "fix"})
         case _:
             error = BusinessRuleError("REFUSED", "not allowed")
-    return outcome_of(claim, max_attempts, POLICY, error=error)
+    return outcome_of(claim, Raised(error), POLICY)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -261,7 +262,8 @@ class StoreMachine(RuleBasedStateMachine):
     ) -> list[ClaimedCommand]:
         """Some of these claims, drawn by a readable label (what a failing example prints)."""
         labelled = {
-            f"{c.domain}/{c.command_id.int} attempt {c.attempt} lease {str(c.lease_token)[:8]}"
+            f"{c.command.domain}/{c.command.command_id.int} attempt {c.attempt}"
+            f" lease {str(c.lease_token)[:8]}"
             f" ({'current' if self.is_current(c) else 'stale'})": c
             for c in claims
         }
@@ -408,7 +410,7 @@ class StoreMachine(RuleBasedStateMachine):
             command = self.commands[key_of(claim_)]
             assert command.domain == domain and command.claimable and not command.exhausted
             assert claim_.attempt == command.attempts + 1
-            assert (claim_.max_attempts, claim_.reply_to, claim_.batch_id) == (
+            assert (claim_.max_attempts, claim_.command.reply_to, claim_.command.batch_id) == (
                 command.max_attempts,
                 command.reply_to,
                 None if command.batch is None else command.batch[1],
@@ -428,7 +430,7 @@ class StoreMachine(RuleBasedStateMachine):
         for claim_ in claims:
             behaviour = data.draw(
                 st.sampled_from(("keeps running", "keeps running", *HANDLER_BEHAVIOURS)),
-                label=f"handler of {claim_.domain}/{claim_.command_id.int}",
+                label=f"handler of {claim_.command.domain}/{claim_.command.command_id.int}",
             )
             if behaviour == "keeps running":
                 self.held.append(claim_)
@@ -467,8 +469,10 @@ class StoreMachine(RuleBasedStateMachine):
         async def act(rt: Runtime) -> int:
             async with rt.pool.connection() as conn:
                 if release:
-                    return await release_if_claimed(conn, claim_.domain, [claim_])
-                return await extend_leases_if_claimed(conn, claim_.domain, [claim_], LEASE_SECONDS)
+                    return await release_if_claimed(conn, claim_.command.domain, [claim_])
+                return await extend_leases_if_claimed(
+                    conn, claim_.command.domain, [claim_], LEASE_SECONDS
+                )
 
         assert self.call(act) == int(current)
         if current and release:  # visible again at once, the attempt not counted
@@ -490,7 +494,7 @@ class StoreMachine(RuleBasedStateMachine):
                 c,
                 data.draw(
                     st.sampled_from(HANDLER_BEHAVIOURS),
-                    label=f"handler of {c.domain}/{c.command_id.int}",
+                    label=f"handler of {c.command.domain}/{c.command.command_id.int}",
                 ),
             )
             for c in claims
@@ -621,10 +625,10 @@ class StoreMachine(RuleBasedStateMachine):
     def batch_is_final(self, batch: Key) -> bool:
         return all(self.commands[k].status in TERMINAL for k in self.batches[batch].commands)
 
-    def batch_counts(self, batch: Key) -> tuple[int, int, int, int]:
-        """(completed, failed, canceled, in_troubleshooting) as the model expects them."""
+    def batch_counts(self, batch: Key) -> BatchCounts:
+        """The counts as the model expects them."""
         counted = Counter(self.commands[k].status for k in self.batches[batch].commands)
-        return counted[COMPLETED], counted[FAILED], counted[CANCELED], counted[TSQ]
+        return BatchCounts(counted[COMPLETED], counted[FAILED], counted[CANCELED], counted[TSQ])
 
     # -- invariants ----------------------------------------------------------------------
 
@@ -715,7 +719,7 @@ class StoreMachine(RuleBasedStateMachine):
             )
             # invariant 2: counts are exact, and add up to the total with the open ones
             assert stored == (counted[COMPLETED], counted[FAILED], counted[CANCELED], counted[TSQ])
-            assert stored == self.batch_counts(key)
+            assert BatchCounts(*stored) == self.batch_counts(key)
             assert row["total_count"] == len(batch.commands) == sum(counted.values())
             assert row["total_count"] == counted[PENDING] + counted[IN_PROGRESS] + sum(stored)
             # invariant 3: final exactly when every command is terminal, one BATCH_COMPLETED

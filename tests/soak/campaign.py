@@ -34,10 +34,9 @@ from triobus.actors import (
     Runtime,
     open_runtime,
 )
-from triobus.persistence.databases import create_database, drop_database
+from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
 from triobus.persistence.embedded import EmbeddedCluster, open_embedded_cluster
-from triobus.persistence.schema import migrate
 
 WORKER_SCRIPT = Path(__file__).parent.parent / "integration" / "worker_process.py"
 DOMAIN = "d"

@@ -1,0 +1,146 @@
+"""The acker: one worker's role that writes the results of its handlers.
+
+It writes every result waiting in its channel (up to `MAX_ACK_BATCH`) in one statement,
+guarded by each claim's lease token: a late result for a lease that was lost changes
+nothing and is counted as discarded. While the database is unreachable it retries with
+back-off (the leases guard against writing late); a batch the database refuses for
+another reason is split, so one bad result cannot hold back the others, and a single
+refused result is logged and dropped (its lease expires and it is claimed again). It
+ends when the handlers have closed the channel and every result in it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+
+from triobus.actors.in_flight import InFlight
+from triobus.persistence.backoff import backoff_delays
+from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
+from triobus.persistence.pool import ConnectionPool
+from triobus.persistence.queue import HandlerResult, Outcome, ack_if_claimed
+from triobus.persistence.records import CommandChange
+
+logger = logging.getLogger(__name__)
+
+MAX_ACK_BATCH = 500
+
+OnAcked = Callable[[Sequence[CommandChange]], None]
+
+
+class Acker:
+    """Writes one domain's handler results (see the module docstring).
+
+    Counters: `ack_batches` (statements), and the written results by outcome:
+    `completed`, `failed` (business rule), `retried`, `moved_to_tsq`; `discarded` counts
+    late results whose lease was lost.
+    """
+
+    def __init__(
+        self,
+        *,
+        domain: str,
+        pool: ConnectionPool,
+        in_flight: InFlight,
+        on_acked: OnAcked | None,
+        note_error: Callable[[str], None],
+    ) -> None:
+        self.domain = domain
+        self._pool = pool
+        self._in_flight = in_flight
+        self._on_acked = on_acked
+        self._note_error = note_error
+        self.ack_batches = 0
+        self.completed = 0
+        self.failed = 0
+        self.retried = 0
+        self.moved_to_tsq = 0
+        self.discarded = 0
+
+    async def run(
+        self,
+        ack_receive: trio.MemoryReceiveChannel[HandlerResult],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        async with ack_receive:
+            while True:
+                try:
+                    batch = [await ack_receive.receive()]
+                except trio.EndOfChannel:
+                    return
+                while len(batch) < MAX_ACK_BATCH:
+                    try:
+                        batch.append(ack_receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._write(batch)
+
+    async def _write(self, batch: list[HandlerResult]) -> None:
+        acked = await self._ack_with_retry(batch)
+        self.ack_batches += 1
+        acked_ids = {a.command_id for a in acked}
+        self._in_flight.settled(batch)
+        for result in batch:
+            if result.command_id in acked_ids:
+                self._count(result)
+            else:
+                self.discarded += 1
+                logger.info(
+                    "discarded a late result for %s/%s: its lease was lost",
+                    result.domain,
+                    result.command_id,
+                )
+        if self._on_acked is not None and acked:
+            self._on_acked(acked)
+
+    def _count(self, result: HandlerResult) -> None:
+        outcome = result.outcome
+        logger.debug("%s/%s -> %s", result.domain, result.command_id, outcome.event)
+        if outcome is Outcome.COMPLETED:
+            self.completed += 1
+            return
+        self._note_error(f"{result.error_code}: {result.error_message}")
+        logger.warning(
+            "%s/%s %s: %s: %s",
+            result.domain,
+            result.command_id,
+            outcome.event,
+            result.error_code,
+            result.error_message,
+        )
+        if outcome is Outcome.RETRY_SCHEDULED:
+            self.retried += 1
+        elif outcome is Outcome.BUSINESS_RULE_FAILED:
+            self.failed += 1
+        else:
+            self.moved_to_tsq += 1
+
+    async def _ack_with_retry(self, batch: list[HandlerResult]) -> list[CommandChange]:
+        """Write results; retry while the database is unreachable, split what it refuses."""
+        delays = backoff_delays()
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    return await ack_if_claimed(conn, batch)
+            except DatabaseUnavailableError as ex:
+                self._note_error(f"ack failed: {ex}")
+                self._pool.outage.report(ex, f"worker {self.domain!r} could not write results")
+                await trio.sleep(next(delays))
+            except DatabaseError as ex:
+                if len(batch) == 1:
+                    self._note_error(f"ack refused: {ex}")
+                    logger.error(
+                        "result for %s/%s refused by the database: %s",
+                        batch[0].domain,
+                        batch[0].command_id,
+                        ex,
+                    )
+                    return []
+                acked: list[CommandChange] = []
+                for result in batch:
+                    acked += await self._ack_with_retry([result])
+                return acked

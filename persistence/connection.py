@@ -1,0 +1,50 @@
+"""What triobus's SQL needs from a connection: the seam between the statements and a driver.
+
+The statement modules (commands, batches, queue, troubleshooting, audit, replies, schema)
+are written against `Connection` and import no Trio: the Trio driver (`driver.py`)
+implements it, and so can an adapter over an application's own psycopg connection.
+Rows are dicts keyed by column name; parameters use psycopg's placeholders.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+Row = dict[str, Any]
+ParamSet = Sequence[Any] | Mapping[str, Any]
+Params = ParamSet | None
+
+
+class Connection(abc.ABC):
+    """The narrow surface the statements use. Every method may raise `DatabaseError`."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params = None) -> int:
+        """Run one statement; return the number of rows it affected."""
+
+    @abc.abstractmethod
+    async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
+        """Run one query; return all its rows."""
+
+    async def fetch_one(self, sql: str, params: Params = None) -> Row | None:
+        """The first row of the query, or None."""
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
+        """Run one statement once per parameter set."""
+
+    @abc.abstractmethod
+    async def copy_rows(
+        self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
+    ) -> None:
+        """Stream rows through `COPY ... FROM STDIN` given in `sql`; with the column
+        `types` the `sql` says `(FORMAT BINARY)`, which costs both sides less."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """BEGIN ... COMMIT around the block; ROLLBACK when it raises or is cancelled."""
