@@ -138,8 +138,8 @@ class BatchSupervisor:
     ) -> None:
         try:
             await actor.run(task_status=task_status)
-        except BatchNotFoundError as ex:
-            logger.error("stopped watching: %s", ex)
+        except* BatchNotFoundError as found:  # from inside the actor's nursery: grouped
+            logger.error("stopped watching: %s", found.exceptions[0])
         finally:
             actor.done.set()
             if self._actors.get((actor.domain, actor.batch_id)) is actor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -30,6 +30,7 @@ from triobus.persistence.validation import (
     MAX_ATTEMPTS_LIMIT,
     check_int_in_range,
     check_seconds,
+    checked_by,
     encode_payload,
     storable_text,
 )
@@ -52,10 +53,6 @@ def _to_delays(value: Iterable[float]) -> tuple[float, ...]:
     return tuple(value)
 
 
-def _check_max_attempts(instance: RetryPolicy, attribute: Any, value: int) -> None:
-    check_int_in_range("max_attempts", value, limit=MAX_ATTEMPTS_LIMIT, context="RetryPolicy")
-
-
 @attrs.frozen
 class RetryPolicy:
     """Attempts for commands sent without their own `max_attempts`, and back-off delays.
@@ -63,7 +60,11 @@ class RetryPolicy:
     The delay after failed attempt k is `backoff[k - 1]`, the last one repeating.
     """
 
-    max_attempts: int = attrs.field(default=3, validator=_check_max_attempts)
+    validation_context: ClassVar[str] = "RetryPolicy"
+
+    max_attempts: int = attrs.field(
+        default=3, validator=checked_by(check_int_in_range, limit=MAX_ATTEMPTS_LIMIT)
+    )
     backoff: tuple[float, ...] = attrs.field(
         default=(10.0, 60.0, 300.0), converter=_to_delays, validator=_check_backoff
     )

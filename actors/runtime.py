@@ -41,16 +41,17 @@ from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
 from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_BYTES_LIMIT,
     check_async_callable,
     check_bool,
     check_dsn,
     check_enum,
     check_int_in_range,
-    check_max_payload_bytes,
     check_name,
     check_optional_seconds,
     check_seconds,
     check_uuid,
+    checked_by,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,35 +69,20 @@ def _driver(value: object) -> DriverKind:
     return check_enum("driver", DriverKind, value)
 
 
-def _bool(options: RuntimeOptions, attribute: Any, value: object) -> None:
-    check_bool(attribute.name, value)
-
-
-def _pool_size(options: RuntimeOptions, attribute: Any, value: object) -> None:
-    check_int_in_range(attribute.name, value, limit=1000)
-
-
-def _payload_bytes(options: RuntimeOptions, attribute: Any, value: object) -> None:
-    check_max_payload_bytes(value)
-
-
-def _seconds(options: RuntimeOptions, attribute: Any, value: object) -> None:
-    check_seconds(attribute.name, value)
-
-
 @attrs.frozen(kw_only=True)
 class RuntimeOptions:
     """How a runtime runs (see `open_runtime`); validated when built."""
 
     registry: HandlerRegistry = attrs.field(factory=HandlerRegistry, validator=_registry)
-    migrate: bool = attrs.field(default=True, validator=_bool)
+    migrate: bool = attrs.field(default=True, validator=checked_by(check_bool))
     driver: DriverKind = attrs.field(default=DriverKind.NATIVE, converter=_driver)
-    pool_size: int = attrs.field(default=8, validator=_pool_size)
+    pool_size: int = attrs.field(default=8, validator=checked_by(check_int_in_range, limit=1000))
     max_payload_bytes: int = attrs.field(
-        default=DEFAULT_MAX_PAYLOAD_BYTES, validator=_payload_bytes
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        validator=checked_by(check_int_in_range, limit=MAX_PAYLOAD_BYTES_LIMIT),
     )
-    batch_callback_timeout: float = attrs.field(default=60.0, validator=_seconds)
-    batch_reconcile_interval: float = attrs.field(default=5.0, validator=_seconds)
+    batch_callback_timeout: float = attrs.field(default=60.0, validator=checked_by(check_seconds))
+    batch_reconcile_interval: float = attrs.field(default=5.0, validator=checked_by(check_seconds))
 
 
 @attrs.frozen

@@ -38,58 +38,31 @@ from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.queue import ClaimedCommand, HandlerResult
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_BYTES_LIMIT,
     check_int_in_range,
-    check_max_payload_bytes,
     check_name,
     check_optional_seconds,
     check_seconds,
+    checked_by,
 )
-
-
-def _context(options: WorkerOptions) -> str:
-    return f"worker of domain {options.domain!r}"
-
-
-def _domain(options: WorkerOptions, attribute: Any, value: Any) -> None:
-    check_name("domain", value)
-
-
-def _count(minimum: int) -> Any:
-    def check(options: WorkerOptions, attribute: Any, value: object) -> None:
-        check_int_in_range(
-            attribute.name, value, minimum=minimum, limit=10_000, context=_context(options)
-        )
-
-    return check
-
-
-def _seconds(options: WorkerOptions, attribute: Any, value: object) -> None:
-    check_seconds(attribute.name, value, context=_context(options))
-
-
-def _optional_seconds(options: WorkerOptions, attribute: Any, value: object) -> None:
-    check_optional_seconds(attribute.name, value, context=_context(options))
 
 
 def _retry_policy(options: WorkerOptions, attribute: Any, value: object) -> None:
     if not isinstance(value, RetryPolicy):
         raise ValidationError(
-            f"retry_policy must be a RetryPolicy, got {type(value).__name__} ({_context(options)})"
+            f"retry_policy must be a RetryPolicy, got {type(value).__name__}"
+            f" ({options.validation_context})"
         )
 
 
 def _heartbeat(options: WorkerOptions, attribute: Any, value: float | None) -> None:
-    _optional_seconds(options, attribute, value)
+    check_optional_seconds(attribute.name, value, context=options.validation_context)
     if value is not None and value >= options.visibility_timeout:
         raise ValidationError(
             f"heartbeat_interval ({value} s) must be shorter than visibility_timeout"
             f" ({options.visibility_timeout} s), or leases expire between heartbeats"
-            f" ({_context(options)})"
+            f" ({options.validation_context})"
         )
-
-
-def _payload_bytes(options: WorkerOptions, attribute: Any, value: object) -> None:
-    check_max_payload_bytes(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -103,16 +76,31 @@ class WorkerOptions:
     the wait for running handlers when stopping. `max_result_bytes` bounds a result.
     """
 
-    domain: str = attrs.field(validator=_domain)
-    concurrency: int = attrs.field(default=8, validator=_count(1))
-    prefetch: int = attrs.field(default=0, validator=_count(0))
-    visibility_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    domain: str = attrs.field(
+        validator=lambda options, attribute, value: check_name("domain", value)
+    )
+    concurrency: int = attrs.field(
+        default=8, validator=checked_by(check_int_in_range, limit=10_000)
+    )
+    prefetch: int = attrs.field(
+        default=0, validator=checked_by(check_int_in_range, minimum=0, limit=10_000)
+    )
+    visibility_timeout: float = attrs.field(default=30.0, validator=checked_by(check_seconds))
     retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_retry_policy)
-    handler_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
-    poll_interval: float = attrs.field(default=5.0, validator=_seconds)
+    handler_timeout: float | None = attrs.field(
+        default=None, validator=checked_by(check_optional_seconds)
+    )
+    poll_interval: float = attrs.field(default=5.0, validator=checked_by(check_seconds))
     heartbeat_interval: float | None = attrs.field(default=None, validator=_heartbeat)
-    grace_period: float = attrs.field(default=10.0, validator=_seconds)
-    max_result_bytes: int = attrs.field(default=DEFAULT_MAX_PAYLOAD_BYTES, validator=_payload_bytes)
+    grace_period: float = attrs.field(default=10.0, validator=checked_by(check_seconds))
+    max_result_bytes: int = attrs.field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        validator=checked_by(check_int_in_range, limit=MAX_PAYLOAD_BYTES_LIMIT),
+    )
+
+    @property
+    def validation_context(self) -> str:
+        return f"worker of domain {self.domain!r}"
 
     @property
     def lease_extension_interval(self) -> float:

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import attrs
 import psycopg
@@ -48,7 +48,7 @@ from triobus.persistence.errors import (
     DatabaseUnavailableError,
     UniqueViolationError,
 )
-from triobus.persistence.validation import check_seconds
+from triobus.persistence.validation import check_seconds, checked_by
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,6 @@ class DriverKind(enum.StrEnum):
     THREAD = "thread"
 
 
-def _check_seconds(
-    instance: DriverOptions, attribute: attrs.Attribute[float], value: float
-) -> None:
-    check_seconds(attribute.name, value, context="DriverOptions")
-
-
 @attrs.frozen(kw_only=True)
 class DriverOptions:
     """How long a connection waits for a server that does not answer.
@@ -81,9 +75,11 @@ class DriverOptions:
     connection (a thread blocked in psycopg holds it until its wait ends).
     """
 
-    cancel_grace: float = attrs.field(default=5.0, validator=_check_seconds)
-    rollback_timeout: float = attrs.field(default=10.0, validator=_check_seconds)
-    thread_wait_slice: float = attrs.field(default=0.2, validator=_check_seconds)
+    validation_context: ClassVar[str] = "DriverOptions"
+
+    cancel_grace: float = attrs.field(default=5.0, validator=checked_by(check_seconds))
+    rollback_timeout: float = attrs.field(default=10.0, validator=checked_by(check_seconds))
+    thread_wait_slice: float = attrs.field(default=0.2, validator=checked_by(check_seconds))
 
 
 @attrs.frozen

@@ -13,9 +13,9 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -412,6 +412,17 @@ def storable_text(value: object, *, max_length: int) -> str:
         text = f"<{type(value).__name__} whose str() failed>"
     text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= max_length else text[: max_length - 1] + "\u2026"
+
+
+def checked_by(check: Callable[..., object], **options: Any) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: `check(the attribute's name, value, **options)`, in the context
+    that the instance's `validation_context` names, if it has one."""
+
+    def validate(instance: Any, attribute: Any, value: Any) -> None:
+        context = getattr(instance, "validation_context", "")
+        check(attribute.name, value, context=context, **options)
+
+    return validate
 
 
 def check_async_callable(kind: str, value: object, *, context: str) -> None:

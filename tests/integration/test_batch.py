@@ -3,74 +3,28 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from tests.integration.batch_work import Calls, commands, register_work, start_worker_process
 from triobus.actors import (
     AuditEventType,
     BatchCommand,
     BatchMetadata,
     BatchNotFoundError,
     BatchStatus,
-    BusinessRuleError,
-    Command,
     CommandStatus,
     DuplicateBatchError,
     DuplicateCommandError,
-    HandlerContext,
-    PermanentCommandError,
     Runtime,
     ValidationError,
     open_runtime,
 )
-from triobus.actors.batch_actor import BatchActor
-from triobus.actors.messages import BatchProgress
 from triobus.persistence.driver import connect
-from triobus.persistence.records import BatchCounts
-
-WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")
-
-
-class Calls:
-    """An on_complete callback that records its calls; `wait()` returns the first."""
-
-    def __init__(self) -> None:
-        self.calls: list[BatchMetadata] = []
-        self.called = trio.Event()
-
-    async def __call__(self, batch: BatchMetadata) -> None:
-        self.calls.append(batch)
-        self.called.set()
-
-    async def wait(self, seconds: float = 30.0) -> BatchMetadata:
-        with trio.fail_after(seconds):
-            await self.called.wait()
-        return self.calls[0]
-
-
-def commands(*outcomes: str) -> list[BatchCommand]:
-    return [
-        BatchCommand(command_type="Work", command_id=uuid.uuid4(), data={"outcome": o})
-        for o in outcomes
-    ]
-
-
-async def register_work(runtime: Runtime) -> None:
-    @runtime.registry.handler("d", "Work")
-    async def work(command: Command, ctx: HandlerContext) -> dict[str, str]:
-        outcome = command.data["outcome"]
-        if outcome == "rule":
-            raise BusinessRuleError("RULE", "refused")
-        if outcome == "tsq":
-            raise PermanentCommandError("NEEDS_OPERATOR", "an operator must decide")
-        return {"done": outcome}
 
 
 async def recount(dsn: str, batch_id: uuid.UUID) -> dict[str, int]:
@@ -245,52 +199,7 @@ async def test_callback_receives_accurate_final_state_under_concurrent_completio
     ) == 1
 
 
-async def test_registration_is_lost_on_restart_and_the_batch_still_completes(
-    triobus_dsn: str,
-) -> None:
-    lost = Calls()
-    async with open_runtime(triobus_dsn, migrate=False) as first:
-        batch_id = await first.bus.create_batch("d", commands("ok", "ok"), on_complete=lost)
-    async with open_runtime(triobus_dsn, migrate=False) as second:  # "after a restart"
-        await register_work(second)
-        await second.start_worker("d")
-        batch = await second.wait_batch("d", batch_id, timeout=30)
-        assert batch.status is BatchStatus.COMPLETED
-        again = Calls()
-        await second.watch_batch("d", batch_id, again)  # fires at once: already complete
-        assert (await again.wait()).batch_id == batch_id
-    assert lost.calls == []
-
-
-async def test_batch_no_callback_in_flight_is_fine_with_wait_batch(
-    triobus_runtime: Runtime,
-) -> None:
-    await register_work(triobus_runtime)
-    batch_id = await triobus_runtime.bus.create_batch("d", commands("ok", "rule"))
-    await triobus_runtime.start_worker("d")
-    batch = await triobus_runtime.wait_batch("d", batch_id, timeout=30)
-    assert batch.status is BatchStatus.COMPLETED_WITH_FAILURES
-    other = await triobus_runtime.bus.create_batch("d", commands("tsq"))
-    with pytest.raises(trio.TooSlowError):
-        await triobus_runtime.wait_batch("d", other, timeout=0.5)
-
-
 # -- across processes -----------------------------------------------------------------------
-
-
-async def start_worker_process(dsn: str, concurrency: int = 8) -> trio.Process:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, str(WORKER_SCRIPT), dsn, "d", "outcome", str(concurrency)],
-        stdout=subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = b""
-    with trio.fail_after(30):
-        while b"ready" not in line:
-            chunk = await process.stdout.receive_some()
-            assert chunk, f"worker process exited ({process.poll()})"
-            line += chunk
-    return process
 
 
 async def test_callback_fires_once_when_another_process_completes_the_batch(
@@ -350,34 +259,6 @@ async def test_stress_two_worker_processes_mixed_outcomes(
 # -- lost notifications -----------------------------------------------------------------------
 
 
-async def test_reconciliation_delivers_a_completion_whose_notification_was_lost(
-    triobus_dsn: str,
-) -> None:
-    on_complete = Calls()
-    async with open_runtime(triobus_dsn, migrate=False, batch_reconcile_interval=0.2) as runtime:
-        batch = commands("ok")
-        batch_id = await runtime.bus.create_batch("d", batch, on_complete=on_complete)
-        # Complete the batch behind the runtime's back, as another process would, but
-        # without the NOTIFY (as if it had been lost).
-        conn = await connect(triobus_dsn)
-        try:
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE triobus.command SET status = 'COMPLETED' WHERE command_id = %s",
-                    (batch[0].command_id,),
-                )
-                await conn.execute(
-                    "UPDATE triobus.batch SET status = 'COMPLETED', completed_count = 1,"
-                    " completed_at = now() WHERE batch_id = %s",
-                    (batch_id,),
-                )
-        finally:
-            await conn.close()
-        result = await on_complete.wait(10)
-        assert result.status is BatchStatus.COMPLETED
-    assert len(on_complete.calls) == 1
-
-
 async def test_notifier_connection_terminated_around_completion(
     triobus_dsn: str, eventually: Callable[..., Any]
 ) -> None:
@@ -413,74 +294,7 @@ async def test_notifier_connection_terminated_around_completion(
     assert len(on_complete.calls) == 1
 
 
-# -- callbacks that misbehave, and batch creation ------------------------------------------------
-
-
-async def test_a_hanging_callback_is_cancelled_and_logged(
-    triobus_dsn: str, caplog: pytest.LogCaptureFixture, eventually: Callable[..., Any]
-) -> None:
-    hanging = trio.Event()
-
-    async def hang(batch: BatchMetadata) -> None:
-        hanging.set()
-        await trio.sleep_forever()
-
-    async with open_runtime(triobus_dsn, migrate=False, batch_callback_timeout=0.3) as runtime:
-        await register_work(runtime)
-        await runtime.start_worker("d")
-        batch_id = await runtime.bus.create_batch("d", commands("ok"), on_complete=hang)
-        with trio.fail_after(30):
-            await hanging.wait()
-        later = Calls()
-        await runtime.bus.create_batch("d", commands("ok"), on_complete=later)
-        await later.wait()
-
-        async def timed_out() -> bool:
-            return any("timed out" in r.getMessage() for r in caplog.records)
-
-        await eventually(timed_out)
-    (record,) = [r for r in caplog.records if "timed out" in r.getMessage()]
-    assert str(batch_id) in record.getMessage()
-
-
-async def test_batch_actor_never_counts_a_commit_twice(
-    triobus_runtime: Runtime, eventually: Callable[..., Any]
-) -> None:
-    """Progress of a commit that the actor's first read already includes (it arrived
-    while the actor started) must not be added on top of that read."""
-    runtime = triobus_runtime
-    await register_work(runtime)
-    batch_id = await runtime.bus.create_batch("d", commands("ok", "tsq", "tsq"))
-    await runtime.start_worker("d")
-
-    async def settled() -> bool:
-        batch = await runtime.bus.get_batch("d", batch_id)
-        return batch is not None and batch.in_troubleshooting_count == 2
-
-    await eventually(settled)
-    actor = BatchActor(
-        "d",
-        batch_id,
-        pool=runtime.pool,
-        notifier=runtime._notifier,
-        on_complete=None,
-        callback_timeout=1.0,
-    )
-    actor.deliver(
-        BatchProgress(
-            "d", batch_id, BatchCounts(completed=1, failed=0, canceled=0, in_troubleshooting=2)
-        )
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-
-        async def handled() -> bool:
-            return actor.messages == 1
-
-        await eventually(handled)
-        assert actor.counts is not None
-        assert (actor.counts.completed_count, actor.counts.in_troubleshooting_count) == (1, 2)
-        nursery.cancel_scope.cancel()
+# -- batch creation -------------------------------------------------------------------------------
 
 
 async def test_create_batch_is_all_or_nothing(triobus_runtime: Runtime) -> None:

@@ -1,17 +1,21 @@
-"""CommandBus against a real PostgreSQL: sends, idempotency, queries and the audit trail."""
+"""CommandBus against a real PostgreSQL: sends, idempotency, queries, the audit trail and
+replies."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import trio
 
 from triobus.actors import (
     AuditEventType,
+    Command,
     CommandStatus,
     DuplicateCommandError,
+    HandlerContext,
     Runtime,
     ValidationError,
 )
@@ -196,3 +200,56 @@ async def test_bad_query_arguments_are_rejected(triobus_runtime: Runtime) -> Non
         await bus.query_commands(limit=0)
     with pytest.raises(ValidationError, match="domain 'payments'"):
         await bus.get_command("payments", "nope")
+
+
+# -- replies ---------------------------------------------------------------------------
+
+
+async def test_replies_can_be_iterated_and_acknowledged(
+    triobus_runtime: Runtime,
+) -> None:
+    @triobus_runtime.registry.handler("d", "Echo")
+    async def echo(command: Command, ctx: HandlerContext) -> dict[str, Any]:
+        return dict(command.data)
+
+    await triobus_runtime.start_worker("d")
+    bus = triobus_runtime.bus
+    got = []
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+
+            async def send_later() -> None:
+                for n in range(3):
+                    await bus.send("d", "Echo", uuid.uuid4(), {"n": n}, reply_to="echoes")
+
+            nursery.start_soon(send_later)
+            async for reply in bus.iter_replies("echoes", poll_interval=30):
+                got.append(reply)
+                if len(got) == 3:
+                    break
+    assert sorted(r.data["n"] for r in got if r.data) == [0, 1, 2]
+    assert await bus.ack_replies("echoes", [got[0].reply_id]) == 1
+    assert await bus.ack_replies("other-queue", [got[1].reply_id]) == 0
+    assert len(await bus.read_replies("echoes")) == 2
+
+
+async def test_iter_replies_yields_a_reply_whose_lower_id_commits_last(
+    triobus_runtime: Runtime,
+) -> None:
+    insert = (
+        "WITH r AS (INSERT INTO triobus.reply (queue, domain, command_id, correlation_id,"
+        " outcome) VALUES ('late', 'd', %s, %s, 'SUCCESS'))"
+        " SELECT pg_notify('triobus_reply', 'late')"
+    )
+    bus = triobus_runtime.bus
+    with trio.fail_after(15):
+        replies = bus.iter_replies("late", poll_interval=30)
+        async with triobus_runtime.pool.connection() as slow, slow.transaction():
+            await slow.execute(insert, (uuid.uuid4(), uuid.uuid4()))  # takes the lower id
+            async with triobus_runtime.pool.connection() as fast:
+                await fast.execute(insert, (late := uuid.uuid4(), uuid.uuid4()))
+            first = await anext(replies)
+            assert first.command_id == late
+        second = await anext(replies)  # committed after a higher id was yielded
+        assert second.reply_id < first.reply_id
+        await replies.aclose()  # type: ignore[attr-defined]

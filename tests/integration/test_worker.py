@@ -1,4 +1,4 @@
-"""Worker actors against a real PostgreSQL: outcomes, audit order, replies, leases, stop."""
+"""Worker actors against a real PostgreSQL: outcomes, audit order, leases, stop."""
 
 from __future__ import annotations
 
@@ -20,16 +20,13 @@ from triobus.actors import (
     Command,
     CommandMetadata,
     CommandStatus,
-    HandlerAlreadyRegisteredError,
     HandlerContext,
-    HandlerRegistry,
     PermanentCommandError,
     ReplyOutcome,
     RetryPolicy,
     Runtime,
     TransientCommandError,
     ValidationError,
-    handler,
     open_runtime,
 )
 
@@ -632,85 +629,6 @@ async def test_statistics(triobus_runtime: Runtime, eventually: Callable[..., An
     assert (stats.retried, stats.moved_to_tsq, stats.in_flight) == (0, 0, 0)
     assert stats.last_error == "NO: refused" and stats.ack_batches >= 1
     assert triobus_runtime.statistics().workers == (stats,)
-
-
-async def test_replies_can_be_iterated_and_acknowledged(
-    triobus_runtime: Runtime,
-) -> None:
-    @triobus_runtime.registry.handler("d", "Echo")
-    async def echo(command: Command, ctx: HandlerContext) -> dict[str, Any]:
-        return dict(command.data)
-
-    await triobus_runtime.start_worker("d")
-    bus = triobus_runtime.bus
-    got = []
-    with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
-
-            async def send_later() -> None:
-                for n in range(3):
-                    await bus.send("d", "Echo", uuid.uuid4(), {"n": n}, reply_to="echoes")
-
-            nursery.start_soon(send_later)
-            async for reply in bus.iter_replies("echoes", poll_interval=30):
-                got.append(reply)
-                if len(got) == 3:
-                    break
-    assert sorted(r.data["n"] for r in got if r.data) == [0, 1, 2]
-    assert await bus.ack_replies("echoes", [got[0].reply_id]) == 1
-    assert await bus.ack_replies("other-queue", [got[1].reply_id]) == 0
-    assert len(await bus.read_replies("echoes")) == 2
-
-
-async def test_iter_replies_yields_a_reply_whose_lower_id_commits_last(
-    triobus_runtime: Runtime,
-) -> None:
-    insert = (
-        "WITH r AS (INSERT INTO triobus.reply (queue, domain, command_id, correlation_id,"
-        " outcome) VALUES ('late', 'd', %s, %s, 'SUCCESS'))"
-        " SELECT pg_notify('triobus_reply', 'late')"
-    )
-    bus = triobus_runtime.bus
-    with trio.fail_after(15):
-        replies = bus.iter_replies("late", poll_interval=30)
-        async with triobus_runtime.pool.connection() as slow, slow.transaction():
-            await slow.execute(insert, (uuid.uuid4(), uuid.uuid4()))  # takes the lower id
-            async with triobus_runtime.pool.connection() as fast:
-                await fast.execute(insert, (late := uuid.uuid4(), uuid.uuid4()))
-            first = await anext(replies)
-            assert first.command_id == late
-        second = await anext(replies)  # committed after a higher id was yielded
-        assert second.reply_id < first.reply_id
-        await replies.aclose()  # type: ignore[attr-defined]
-
-
-def test_registry_rejects_duplicates_and_sync_functions() -> None:
-    registry = HandlerRegistry()
-
-    async def fn(command: Command, ctx: HandlerContext) -> None:
-        return None
-
-    registry.register("d", "T", fn)
-    with pytest.raises(HandlerAlreadyRegisteredError, match="'d'/'T'"):
-        registry.register("d", "T", fn)
-    with pytest.raises(ValidationError, match="async callable"):
-        registry.register("d", "U", lambda c, x: None)  # type: ignore[arg-type, return-value]
-
-
-def test_register_instance_binds_marked_methods() -> None:
-    class Payments:
-        def __init__(self, fee: int) -> None:
-            self.fee = fee
-
-        @handler("payments", "Debit")
-        async def debit(self, command: Command, ctx: HandlerContext) -> dict[str, int]:
-            return {"fee": self.fee}
-
-    registry = HandlerRegistry()
-    registry.register_instance(Payments(fee=3))
-    registered = registry.get("payments", "Debit")
-    assert registered is not None
-    assert registered.fn.__self__.fee == 3  # type: ignore[attr-defined]
 
 
 async def test_start_worker_rejects_bad_arguments(triobus_runtime: Runtime) -> None:
