@@ -12,11 +12,12 @@ ends when the handlers have closed the channel and every result in it is written
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import trio
 
 from triobus.actors.in_flight import InFlight
+from triobus.actors.messages import OnChanges
 from triobus.persistence.backoff import backoff_delays
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
 from triobus.persistence.pool import ConnectionPool
@@ -26,8 +27,6 @@ from triobus.persistence.records import CommandChange
 logger = logging.getLogger(__name__)
 
 MAX_ACK_BATCH = 500
-
-OnAcked = Callable[[Sequence[CommandChange]], None]
 
 
 class Acker:
@@ -44,7 +43,7 @@ class Acker:
         domain: str,
         pool: ConnectionPool,
         in_flight: InFlight,
-        on_acked: OnAcked | None,
+        on_acked: OnChanges | None,
         note_error: Callable[[str], None],
     ) -> None:
         self.domain = domain

@@ -28,7 +28,7 @@ from triobus.persistence.batches import select_batch
 from triobus.persistence.errors import BatchNotFoundError, DatabaseError
 from triobus.persistence.notifications import Channel, batch_payload
 from triobus.persistence.pool import ConnectionPool
-from triobus.persistence.records import BatchMetadata
+from triobus.persistence.records import BatchCounts, BatchMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class BatchWatchStatistics:
 
     domain: str
     batch_id: UUID
-    counts: BatchMetadata | None
+    counts: BatchCounts | None
     messages: int
     reads: int
     has_callback: bool
@@ -66,7 +66,7 @@ class BatchActor:
         self.batch_id = batch_id
         self.on_complete = on_complete
         self.callback_timeout = callback_timeout
-        self.counts: BatchMetadata | None = None
+        self.batch: BatchMetadata | None = None  # as this actor knows it
         self.final: BatchMetadata | None = None
         self.done = trio.Event()
         self.messages = 0
@@ -79,7 +79,7 @@ class BatchActor:
         return BatchWatchStatistics(
             domain=self.domain,
             batch_id=self.batch_id,
-            counts=self.counts,
+            counts=None if self.batch is None else self.batch.counts,
             messages=self.messages,
             reads=self.reads,
             has_callback=self.on_complete is not None,
@@ -113,15 +113,15 @@ class BatchActor:
 
     async def _wait_until_final(self) -> BatchMetadata:
         # Subscribed first, read second: a completion in between is seen by the read.
-        self.counts = await self._read()
-        while not self.counts.is_final:
+        self.batch = await self._read()
+        while not self.batch.is_final:
             message = await self._inbox.receive()
             self.messages += 1
             if isinstance(message, BatchProgress):
-                self.counts = _advanced(self.counts, message)
+                self.batch = _advanced(self.batch, message)
             else:
-                self.counts = await self._read()
-        return self.counts
+                self.batch = await self._read()
+        return self.batch
 
     async def _read(self) -> BatchMetadata:
         """The batch as stored, retrying while the database is unreachable."""

@@ -76,8 +76,13 @@ class BatchSupervisor:
                 callback_timeout=self.callback_timeout,
             )
             self._actors[key] = actor
-            with trio.CancelScope(shield=True):
-                await self._nursery.start(self._supervise, actor)
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._nursery.start(self._supervise, actor)
+            except BaseException:  # not started (the runtime is closing): nothing to wait for
+                del self._actors[key]
+                actor.done.set()
+                raise
         elif on_complete is not None:
             actor.on_complete = on_complete
         return actor

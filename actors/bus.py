@@ -14,6 +14,7 @@ from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.notifier import Notifier
 from triobus.persistence import audit, batches, commands, replies
 from triobus.persistence.errors import DuplicateCommandError, UniqueViolationError
+from triobus.persistence.new_commands import new_batch_commands, new_command
 from triobus.persistence.notifications import Channel
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import (
@@ -41,8 +42,6 @@ from triobus.persistence.validation import (
     check_text,
     check_uuid,
     encode_payload,
-    new_batch_commands,
-    new_command,
 )
 
 
@@ -64,7 +63,7 @@ class CommandBus:
         self._pool = pool
         self._notifier = notifier
         self._batches = batches
-        self.max_payload_bytes = check_max_payload_bytes(max_payload_bytes)
+        self.max_payload_bytes = check_max_payload_bytes("max_payload_bytes", max_payload_bytes)
 
     async def send(
         self,

@@ -118,7 +118,7 @@ class Claimer:
             return []
         self.claim_statements += 1
         self.claimed += len(claimed)
-        self._in_flight.claimed(claimed)
+        self._in_flight.hold(claimed)
         for claim in claimed:
             logger.debug(
                 "claimed %s/%s attempt %d", self.domain, claim.command.command_id, claim.attempt

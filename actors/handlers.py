@@ -75,15 +75,18 @@ class Handler:
     runs_on_asyncio: bool
 
 
-def _checked_key(domain: str, command_type: str, runs_on_asyncio: bool) -> tuple[str, str]:
-    key = (check_name("domain", domain), check_name("command_type", command_type))
+def _checked_key(domain: str, command_type: str) -> tuple[str, str]:
+    return check_name("domain", domain), check_name("command_type", command_type)
+
+
+def _check_asyncio(key: tuple[str, str], runs_on_asyncio: object) -> None:
     check_bool("asyncio", runs_on_asyncio, context=f"{key[0]!r}/{key[1]!r}")
-    return key
 
 
 def handler(domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
     """Mark a method of a handler class; `HandlerRegistry.register_instance` registers it."""
-    key = _checked_key(domain, command_type, asyncio)
+    key = _checked_key(domain, command_type)
+    _check_asyncio(key, asyncio)
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, (key, asyncio))
@@ -101,15 +104,16 @@ class HandlerRegistry:
     def register(
         self, domain: str, command_type: str, fn: HandlerFn, *, asyncio: bool = False
     ) -> None:
-        key = _checked_key(domain, command_type, asyncio)
+        key = _checked_key(domain, command_type)
         check_async_callable("handler", fn, context=f"{key[0]!r}/{key[1]!r}")
+        _check_asyncio(key, asyncio)
         if key in self._handlers:
             raise HandlerAlreadyRegisteredError(*key)
         self._handlers[key] = Handler(fn, asyncio)
 
     def handler(self, domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
         """Decorator form of `register` (the names are checked by this call)."""
-        _checked_key(domain, command_type, asyncio)
+        _check_asyncio(_checked_key(domain, command_type), asyncio)
 
         def register(fn: F) -> F:
             self.register(domain, command_type, fn, asyncio=asyncio)

@@ -55,7 +55,8 @@ class InFlight:
     def held(self) -> list[ClaimedCommand]:
         return list(self._claims.values())
 
-    def claimed(self, claims: Sequence[ClaimedCommand]) -> None:
+    def hold(self, claims: Sequence[ClaimedCommand]) -> None:
+        """These commands were claimed: they wait for a handler."""
         for claim in claims:
             self._claims[claim.command.command_id] = claim
         self.waiting += len(claims)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import attrs
 
-from triobus.persistence.records import BatchCounts
+from triobus.persistence.records import BatchCounts, CommandChange
+
+# How the acker and the operator's actions hand committed changes to the batch supervisor.
+OnChanges = Callable[[Sequence[CommandChange]], None]
 
 
 @attrs.frozen

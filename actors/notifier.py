@@ -28,7 +28,7 @@ from triobus.persistence.pool import ConnectionPool
 logger = logging.getLogger(__name__)
 
 # An idle LISTEN connection wakes this often, only to notice a dead socket sooner.
-IDLE_WAIT = 30.0
+_IDLE_WAIT = 30.0
 
 
 class Notifier:
@@ -38,7 +38,8 @@ class Notifier:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._outage = pool.outage
-        self._subscribers: dict[tuple[Channel, str], set[trio.MemorySendChannel[None]]] = {}
+        # Keyed by (channel name, payload): a Channel is its name as a str.
+        self._subscribers: dict[tuple[str, str], set[trio.MemorySendChannel[None]]] = {}
         self.reconnects = 0
 
     @contextmanager
@@ -60,6 +61,9 @@ class Notifier:
 
     def wake(self, channel: Channel, payload: str) -> None:
         """Deliver a hint to the subscribers of (channel, payload), as a notification would."""
+        self._deliver(channel, payload)
+
+    def _deliver(self, channel: str, payload: str) -> None:
         for send in self._subscribers.get((channel, payload), ()):
             _hint(send)
 
@@ -75,8 +79,8 @@ class Notifier:
         while True:
             try:
                 while True:
-                    for note in await conn.wait_notifications(IDLE_WAIT):
-                        self.wake(Channel(note.channel), note.payload)
+                    for note in await conn.wait_notifications(_IDLE_WAIT):
+                        self._deliver(note.channel, note.payload)
             except DatabaseUnavailableError as ex:
                 self._outage.lost(ex, conn)
                 self._outage.report(ex, "the notifier lost its connection")

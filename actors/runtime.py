@@ -41,12 +41,12 @@ from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
 from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    MAX_PAYLOAD_BYTES_LIMIT,
     check_async_callable,
     check_bool,
     check_dsn,
     check_enum,
     check_int_in_range,
+    check_max_payload_bytes,
     check_name,
     check_optional_seconds,
     check_seconds,
@@ -60,12 +60,12 @@ DSN_ENV = "TRIOBUS_DSN"
 DRIVER_ENV = "TRIOBUS_DRIVER"
 
 
-def _registry(options: RuntimeOptions, attribute: Any, value: object) -> None:
+def _check_registry(options: RuntimeOptions, attribute: Any, value: object) -> None:
     if not isinstance(value, HandlerRegistry):
         raise ValidationError(f"registry must be a HandlerRegistry, got {type(value).__name__}")
 
 
-def _driver(value: object) -> DriverKind:
+def _to_driver_kind(value: object) -> DriverKind:
     return check_enum("driver", DriverKind, value)
 
 
@@ -73,13 +73,12 @@ def _driver(value: object) -> DriverKind:
 class RuntimeOptions:
     """How a runtime runs (see `open_runtime`); validated when built."""
 
-    registry: HandlerRegistry = attrs.field(factory=HandlerRegistry, validator=_registry)
+    registry: HandlerRegistry = attrs.field(factory=HandlerRegistry, validator=_check_registry)
     migrate: bool = attrs.field(default=True, validator=checked_by(check_bool))
-    driver: DriverKind = attrs.field(default=DriverKind.NATIVE, converter=_driver)
+    driver: DriverKind = attrs.field(default=DriverKind.NATIVE, converter=_to_driver_kind)
     pool_size: int = attrs.field(default=8, validator=checked_by(check_int_in_range, limit=1000))
     max_payload_bytes: int = attrs.field(
-        default=DEFAULT_MAX_PAYLOAD_BYTES,
-        validator=checked_by(check_int_in_range, limit=MAX_PAYLOAD_BYTES_LIMIT),
+        default=DEFAULT_MAX_PAYLOAD_BYTES, validator=checked_by(check_max_payload_bytes)
     )
     batch_callback_timeout: float = attrs.field(default=60.0, validator=checked_by(check_seconds))
     batch_reconcile_interval: float = attrs.field(default=5.0, validator=checked_by(check_seconds))

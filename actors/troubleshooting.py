@@ -9,9 +9,10 @@ succeeds and the other gets `InvalidOperationError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 
+from triobus.actors.messages import OnChanges
 from triobus.persistence.errors import CommandNotFoundError, InvalidOperationError
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import CommandChange, CommandStatus, TroubleshootingItem
@@ -30,8 +31,6 @@ from triobus.persistence.validation import (
     check_uuid,
     encode_payload,
 )
-
-OnChanged = Callable[[Sequence[CommandChange]], None]
 
 
 def _optional_type(command_type: str | None, domain: str) -> str | None:
@@ -54,7 +53,7 @@ class TroubleshootingQueue:
     def __init__(
         self,
         pool: ConnectionPool,
-        on_changed: OnChanged | None = None,
+        on_changed: OnChanges | None = None,
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:

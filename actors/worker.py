@@ -15,7 +15,7 @@ Stopping (`stop()`, or leaving the runtime) stops claiming, lets running handler
 within `grace_period`, then cancels them; once the acker has written what finished, every
 claimed command without a result is released (visible at once, the attempt not counted).
 Results that cannot be written (database down) hold the stop at most `RELEASE_TIMEOUT`
-beyond the grace period.
+beyond the grace period, and the release then gives up after `RELEASE_TIMEOUT` more.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from typing import Any
 import attrs
 import trio
 
-from triobus.actors.acker import Acker, OnAcked
+from triobus.actors.acker import Acker
 from triobus.actors.claimer import Claimer
 from triobus.actors.handler_pool import HandlerPool
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.in_flight import InFlight
 from triobus.actors.lease_keeper import RELEASE_TIMEOUT, LeaseKeeper
+from triobus.actors.messages import OnChanges
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
 from triobus.persistence.errors import ValidationError
@@ -38,8 +39,8 @@ from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.queue import ClaimedCommand, HandlerResult
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    MAX_PAYLOAD_BYTES_LIMIT,
     check_int_in_range,
+    check_max_payload_bytes,
     check_name,
     check_optional_seconds,
     check_seconds,
@@ -47,7 +48,7 @@ from triobus.persistence.validation import (
 )
 
 
-def _retry_policy(options: WorkerOptions, attribute: Any, value: object) -> None:
+def _check_retry_policy(options: WorkerOptions, attribute: Any, value: object) -> None:
     if not isinstance(value, RetryPolicy):
         raise ValidationError(
             f"retry_policy must be a RetryPolicy, got {type(value).__name__}"
@@ -55,7 +56,7 @@ def _retry_policy(options: WorkerOptions, attribute: Any, value: object) -> None
         )
 
 
-def _heartbeat(options: WorkerOptions, attribute: Any, value: float | None) -> None:
+def _check_heartbeat_interval(options: WorkerOptions, attribute: Any, value: float | None) -> None:
     check_optional_seconds(attribute.name, value, context=options.validation_context)
     if value is not None and value >= options.visibility_timeout:
         raise ValidationError(
@@ -76,8 +77,14 @@ class WorkerOptions:
     the wait for running handlers when stopping. `max_result_bytes` bounds a result.
     """
 
+    # Checked in this order: the first bad one is reported.
     domain: str = attrs.field(
         validator=lambda options, attribute, value: check_name("domain", value)
+    )
+    retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_check_retry_policy)
+    visibility_timeout: float = attrs.field(default=30.0, validator=checked_by(check_seconds))
+    heartbeat_interval: float | None = attrs.field(
+        default=None, validator=_check_heartbeat_interval
     )
     concurrency: int = attrs.field(
         default=8, validator=checked_by(check_int_in_range, limit=10_000)
@@ -85,17 +92,13 @@ class WorkerOptions:
     prefetch: int = attrs.field(
         default=0, validator=checked_by(check_int_in_range, minimum=0, limit=10_000)
     )
-    visibility_timeout: float = attrs.field(default=30.0, validator=checked_by(check_seconds))
-    retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_retry_policy)
     handler_timeout: float | None = attrs.field(
         default=None, validator=checked_by(check_optional_seconds)
     )
     poll_interval: float = attrs.field(default=5.0, validator=checked_by(check_seconds))
-    heartbeat_interval: float | None = attrs.field(default=None, validator=_heartbeat)
     grace_period: float = attrs.field(default=10.0, validator=checked_by(check_seconds))
     max_result_bytes: int = attrs.field(
-        default=DEFAULT_MAX_PAYLOAD_BYTES,
-        validator=checked_by(check_int_in_range, limit=MAX_PAYLOAD_BYTES_LIMIT),
+        default=DEFAULT_MAX_PAYLOAD_BYTES, validator=checked_by(check_max_payload_bytes)
     )
 
     @property
@@ -103,7 +106,7 @@ class WorkerOptions:
         return f"worker of domain {self.domain!r}"
 
     @property
-    def lease_extension_interval(self) -> float:
+    def effective_heartbeat_interval(self) -> float:
         """`heartbeat_interval`, else a third of `visibility_timeout`."""
         if self.heartbeat_interval is None:
             return self.visibility_timeout / 3
@@ -139,7 +142,7 @@ class Worker:
         pool: ConnectionPool,
         registry: HandlerRegistry,
         notifier: Notifier,
-        on_acked: OnAcked | None = None,
+        on_acked: OnChanges | None = None,
     ) -> None:
         self.options = options
         self.domain = options.domain
@@ -177,7 +180,7 @@ class Worker:
             pool=pool,
             in_flight=self._in_flight,
             visibility_timeout=options.visibility_timeout,
-            heartbeat_interval=options.lease_extension_interval,
+            heartbeat_interval=options.effective_heartbeat_interval,
             note_error=self._note_error,
         )
         self._run_scope = trio.CancelScope()

@@ -13,14 +13,15 @@ from triobus.persistence.literals import literal
 from triobus.persistence.records import AuditEvent, AuditEventType
 
 
-def insert_sent_events(rows: str) -> str:
+def insert_sent_events(rows: str, *, of_batch: bool) -> str:
     """An INSERT of a SENT event for each new command of `rows` (a FROM clause, with its
-    WHERE if any, over command columns)."""
+    WHERE if any, over command columns); for the members of a batch, the details name it."""
+    batch_id = ",\n                              'batch_id', batch_id" if of_batch else ""
     return f"""INSERT INTO triobus.audit (domain, subject_id, event_type, details)
     SELECT domain, command_id, {literal(AuditEventType.SENT)},
            jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
                               'reply_to', reply_to, 'max_attempts', max_attempts,
-                              'visible_at', visible_at, 'batch_id', batch_id)
+                              'visible_at', visible_at{batch_id})
     FROM {rows}"""
 
 

@@ -46,9 +46,11 @@ class StatusChange:
 
 
 def batch_count_ctes(*changes: StatusChange) -> str:
-    """The CTEs applying `changes` to their batches, from `status_changes` to
-    `batch_audit`; `batch_updated` has a row per changed batch, with `newly_started`
-    and `newly_completed` flags."""
+    """The CTEs applying `changes` to their batches: `status_changes` lists them,
+    `batch_deltas` sums each counted column's change per batch (`batch_delta_sums` adds
+    the terminal and the failed-or-canceled sums), `batch_locked` locks the rows that
+    change, `batch_updated` has a row per changed batch with `newly_started` and
+    `newly_completed` flags, and `batch_audit` writes their events."""
     listed = "\n    UNION ALL\n    ".join(
         f"SELECT domain, batch_id, {c.old} AS old_status, {c.new} AS new_status"
         f"\n    FROM {c.source}"
@@ -61,7 +63,7 @@ def batch_count_ctes(*changes: StatusChange) -> str:
     )
     terminal = [column for status, column in COUNTED.items() if status.is_terminal]
     failures = [c for c in terminal if c != COUNTED[CommandStatus.COMPLETED]]
-    done = " + ".join(f"b.{column}" for column in terminal) + " + d.terminal = b.total_count"
+    done = " + ".join(f"b.{column}" for column in terminal) + " + d.terminal_delta = b.total_count"
     counts = ",\n        ".join(f"{c} = b.{c} + d.{c}" for c in COUNTED.values())
     final_counts = ",\n                              ".join(f"'{c}', {c}" for c in terminal)
     changed = "\n       OR ".join(f"d.{column} <> 0" for column in COUNTED.values())
@@ -73,15 +75,15 @@ def batch_count_ctes(*changes: StatusChange) -> str:
            {deltas}
     FROM status_changes WHERE batch_id IS NOT NULL
     GROUP BY domain, batch_id
-), batch_totals AS (
-    SELECT *, {" + ".join(terminal)} AS terminal,
-           {" + ".join(failures)} AS failures
+), batch_delta_sums AS (
+    SELECT *, {" + ".join(terminal)} AS terminal_delta,
+           {" + ".join(failures)} AS failures_delta
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
            b.status IN {FINAL_BATCH_STATUSES} AS was_final
     FROM triobus.batch b
-    JOIN batch_totals d ON b.domain = d.domain AND b.batch_id = d.batch_id
+    JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
     WHERE {changed}
        OR (d.started AND b.started_at IS NULL)  -- only rows that change are locked
     ORDER BY b.domain, b.batch_id
@@ -92,7 +94,7 @@ def batch_count_ctes(*changes: StatusChange) -> str:
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
         status = CASE
             WHEN {done}
-                 AND {" + ".join(f"b.{c}" for c in failures)} + d.failures > 0
+                 AND {" + ".join(f"b.{c}" for c in failures)} + d.failures_delta > 0
                 THEN {literal(BatchStatus.COMPLETED_WITH_FAILURES)}
             WHEN {done}
                 THEN {literal(BatchStatus.COMPLETED)}
@@ -100,7 +102,7 @@ def batch_count_ctes(*changes: StatusChange) -> str:
             ELSE b.status END,
         completed_at = CASE WHEN {done}
                             THEN now() ELSE b.completed_at END
-    FROM batch_totals d, batch_locked l
+    FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
@@ -128,6 +130,6 @@ def select_changes(source: str, *extra_columns: str) -> str:
        coalesce(bu.newly_completed, false) AS batch_completed,
        bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
        bu.canceled_count AS batch_canceled_count,
-       bu.in_troubleshooting_count AS batch_tsq_count{extra}
+       bu.in_troubleshooting_count AS batch_in_troubleshooting_count{extra}
 FROM {source} c
 LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id"""

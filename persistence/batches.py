@@ -18,9 +18,9 @@ from triobus.persistence.audit import insert_sent_events
 from triobus.persistence.batch_counts import FINAL_BATCH_STATUSES
 from triobus.persistence.connection import Connection
 from triobus.persistence.errors import DuplicateBatchError
+from triobus.persistence.new_commands import NewCommand
 from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import BatchMetadata, BatchStatus
-from triobus.persistence.validation import NewCommand
 
 INSERT_BATCH = """
 INSERT INTO triobus.batch (domain, batch_id, name, custom_data, total_count)
@@ -50,7 +50,7 @@ COPY_COMMAND_TYPES = (
 _BATCH_MEMBERS = "triobus.command, notified WHERE domain = %(domain)s AND batch_id = %(batch_id)s"
 SENT_EVENTS_OF_BATCH = f"""
 WITH notified AS (SELECT {notify_sql(Channel.COMMAND, "%(domain)s")})
-{insert_sent_events(_BATCH_MEMBERS)}
+{insert_sent_events(_BATCH_MEMBERS, of_batch=True)}
 """
 
 SELECT_FIRST_STORED_COMMAND = """

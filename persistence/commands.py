@@ -13,9 +13,9 @@ from uuid import UUID
 from triobus.persistence.audit import insert_sent_events
 from triobus.persistence.connection import Connection
 from triobus.persistence.errors import DuplicateCommandError
+from triobus.persistence.new_commands import NewCommand
 from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import CommandMetadata, CommandStatus, SendResult
-from triobus.persistence.validation import NewCommand
 
 INSERT_COMMAND = f"""
 WITH inserted AS (
@@ -28,9 +28,9 @@ WITH inserted AS (
                      now() + make_interval(secs => coalesce(%(delay)s::float8, 0))))
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
-              visible_at, batch_id
+              visible_at
 ), sent AS (
-    {insert_sent_events("inserted")}
+    {insert_sent_events("inserted", of_batch=False)}
 )
 SELECT command_id, {notify_sql(Channel.COMMAND, "domain")} FROM inserted
 """

@@ -241,14 +241,14 @@ class _TrioLock:
 class _TrioAsyncConnection(psycopg.AsyncConnection[DictRow]):
     """psycopg's AsyncConnection with every wait driven by Trio instead of asyncio."""
 
-    cancel_grace = DriverOptions().cancel_grace
+    cancel_grace: float  # how long a cancelled query may take to stop (DriverOptions)
 
     def __init__(self, pgconn: Any, row_factory: Any = dict_row) -> None:
         super().__init__(pgconn, row_factory)
         self.lock = _TrioLock()  # type: ignore[assignment]
 
     @classmethod
-    async def connect_trio(cls, conninfo: str) -> _TrioAsyncConnection:
+    async def connect_trio(cls, conninfo: str, *, cancel_grace: float) -> _TrioAsyncConnection:
         params = conninfo_to_dict(conninfo)
         timeout = timeout_from_conninfo(params)
         attempts = await trio.to_thread.run_sync(conninfo_attempts, params)  # may resolve DNS
@@ -264,6 +264,7 @@ class _TrioAsyncConnection(psycopg.AsyncConnection[DictRow]):
             else:
                 conn._autocommit = True
                 conn.row_factory = dict_row
+                conn.cancel_grace = cancel_grace
                 return conn
         assert last_error is not None
         raise last_error
@@ -312,7 +313,6 @@ class NativeConnection(DriverConnection):
 
     def __init__(self, conn: _TrioAsyncConnection, options: DriverOptions) -> None:
         self._conn = conn
-        conn.cancel_grace = options.cancel_grace
         self.options = options
         self.backend_pid = conn.info.backend_pid
         self.opened_at = time.monotonic()
@@ -320,7 +320,8 @@ class NativeConnection(DriverConnection):
     @classmethod
     async def connect(cls, dsn: str, options: DriverOptions) -> NativeConnection:
         with _translated_errors():
-            return cls(await _TrioAsyncConnection.connect_trio(dsn), options)
+            conn = await _TrioAsyncConnection.connect_trio(dsn, cancel_grace=options.cancel_grace)
+            return cls(conn, options)
 
     async def execute(self, sql: str, params: Params = None) -> int:
         with _translated_errors():

@@ -56,7 +56,7 @@ _SOCKET_SUFFIX = "/triobus-pg-xxxxxxxx/socket/.s.PGSQL.65535"
 _STOP_STEP_TIMEOUT = 10.0  # per step: fast, immediate, SIGKILL
 
 
-class EmbeddedPostgresError(TriobusError):
+class EmbeddedPostgresError(TriobusError, RuntimeError):
     """The embedded cluster could not be found, initialised or started."""
 
 

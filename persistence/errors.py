@@ -83,5 +83,5 @@ class InvalidOperationError(TriobusError):
     """The operation does not apply to the command in its current state."""
 
 
-class SchemaError(TriobusError):
+class SchemaError(TriobusError, RuntimeError):
     """The schema or the migrations shipped with triobus are not as they must be."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
-from triobus.persistence.driver import DriverConnection
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
+
+if TYPE_CHECKING:
+    from triobus.persistence.driver import DriverConnection
 
 logger = logging.getLogger(__name__)
 

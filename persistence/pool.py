@@ -15,7 +15,7 @@ from triobus.persistence.backoff import backoff_delays
 from triobus.persistence.driver import DriverConnection, DriverKind, DriverOptions, connect
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
 from triobus.persistence.outage import Outage
-from triobus.persistence.validation import check_int_in_range
+from triobus.persistence.validation import check_enum, check_int_in_range, check_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +64,12 @@ class ConnectionPool:
         options: DriverOptions | None = None,
     ) -> None:
         self.dsn = dsn
-        self.driver = DriverKind(driver)
+        self.driver = check_enum("driver", DriverKind, driver)
         self.options = options or DriverOptions()
         self.max_size = check_int_in_range("max_size", max_size, limit=10_000)
-        self.connect_timeout = connect_timeout
-        self.check_after = check_after
-        self.max_lifetime = max_lifetime
+        self.connect_timeout = check_seconds("connect_timeout", connect_timeout)
+        self.check_after = check_seconds("check_after", check_after, allow_zero=True)
+        self.max_lifetime = check_seconds("max_lifetime", max_lifetime)
         self._slots = trio.Semaphore(max_size)
         self._idle: list[_Idle] = []
         self._open = 0

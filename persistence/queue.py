@@ -38,24 +38,25 @@ from triobus.persistence.records import (
 )
 from triobus.persistence.replies import insert_replies
 
-PENDING = literal(CommandStatus.PENDING)
-IN_PROGRESS = literal(CommandStatus.IN_PROGRESS)
-COMPLETED = literal(CommandStatus.COMPLETED)
-IN_TSQ = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+_PENDING_SQL = literal(CommandStatus.PENDING)
+_IN_PROGRESS_SQL = literal(CommandStatus.IN_PROGRESS)
+_COMPLETED_SQL = literal(CommandStatus.COMPLETED)
+_IN_TSQ_SQL = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 
 CLAIM_COMMANDS = f"""
 WITH candidates AS (
     SELECT domain, command_id, status,
-           status = {IN_PROGRESS}
+           status = {_IN_PROGRESS_SQL}
                AND attempts >= coalesce(max_attempts, %(default_max_attempts)s) AS exhausted
     FROM triobus.command
-    WHERE domain = %(domain)s AND status IN ({PENDING}, {IN_PROGRESS}) AND visible_at <= now()
+    WHERE domain = %(domain)s AND status IN ({_PENDING_SQL}, {_IN_PROGRESS_SQL})
+      AND visible_at <= now()
     ORDER BY visible_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE triobus.command c
-    SET status = {IN_PROGRESS}, attempts = c.attempts + 1,
+    SET status = {_IN_PROGRESS_SQL}, attempts = c.attempts + 1,
         visible_at = now() + make_interval(secs => %(visibility_timeout)s),
         lease_token = gen_random_uuid(), updated_at = now()
     FROM candidates k
@@ -65,7 +66,7 @@ WITH candidates AS (
               k.status AS claimed_from
 ), exhausted AS (
     UPDATE triobus.command c
-    SET status = {IN_TSQ}, lease_token = NULL, updated_at = now(),
+    SET status = {_IN_TSQ_SQL}, lease_token = NULL, updated_at = now(),
         error_type = 'LeaseExpired', error_code = 'LEASE_EXPIRED',
         error_message = 'claimed ' || c.attempts
             || ' times without a result: the worker stopped or died each time',
@@ -86,8 +87,8 @@ WITH candidates AS (
     FROM exhausted
 ), {
     batch_count_ctes(
-        StatusChange("claimed", old="claimed_from", new=IN_PROGRESS),
-        StatusChange("exhausted", old=IN_PROGRESS, new=IN_TSQ),
+        StatusChange("claimed", old="claimed_from", new=_IN_PROGRESS_SQL),
+        StatusChange("exhausted", old=_IN_PROGRESS_SQL, new=_IN_TSQ_SQL),
     )
 }
 SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
@@ -113,7 +114,7 @@ FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 
 RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}
 UPDATE triobus.command c
-SET status = {PENDING}, visible_at = now(), lease_token = NULL,
+SET status = {_PENDING_SQL}, visible_at = now(), lease_token = NULL,
     attempts = c.attempts - 1, updated_at = now()
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
@@ -121,9 +122,9 @@ FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 # A terminal result with a reply_to writes its one reply: the result, or the error.
 _ACK_REPLIES = insert_replies(
     "acked",
-    outcome=f"CASE status WHEN {COMPLETED} THEN {literal(ReplyOutcome.SUCCESS)}"
+    outcome=f"CASE status WHEN {_COMPLETED_SQL} THEN {literal(ReplyOutcome.SUCCESS)}"
     f" ELSE {literal(ReplyOutcome.FAILED)} END",
-    data=f"""CASE status WHEN {COMPLETED} THEN result
+    data=f"""CASE status WHEN {_COMPLETED_SQL} THEN result
                 ELSE jsonb_strip_nulls(jsonb_build_object(
                     'error_type', error_type, 'error_code', error_code,
                     'error_message', error_message, 'error_details', error_details)) END""",
@@ -150,7 +151,7 @@ WITH r AS (
                              ELSE r.error_message END,
         error_details = CASE WHEN r.error_type IS NULL THEN c.error_details
                              ELSE r.error_details::jsonb END,
-        visible_at = CASE WHEN r.status = {PENDING}
+        visible_at = CASE WHEN r.status = {_PENDING_SQL}
                           THEN now() + make_interval(secs => r.retry_delay)
                           ELSE c.visible_at END,
         lease_token = NULL,
@@ -167,11 +168,11 @@ WITH r AS (
            jsonb_strip_nulls(jsonb_build_object(
                'attempt', attempts, 'error_type', error_type, 'error_code', error_code,
                'error_message', error_message, 'error_details', error_details,
-               'retry_in_seconds', CASE WHEN status = {PENDING} THEN retry_delay END))
+               'retry_in_seconds', CASE WHEN status = {_PENDING_SQL} THEN retry_delay END))
     FROM acked
 ), replies AS (
     {_ACK_REPLIES}
-), {batch_count_ctes(StatusChange("acked", old=IN_PROGRESS, new="status"))}
+), {batch_count_ctes(StatusChange("acked", old=_IN_PROGRESS_SQL, new="status"))}
 {select_changes("acked")}
 """
 
@@ -186,10 +187,6 @@ class ClaimedCommand:
     attempt: int
     max_attempts: int | None
     lease_token: UUID
-
-    @property
-    def key(self) -> tuple[str, UUID]:
-        return self.command.domain, self.command.command_id
 
     @classmethod
     def from_row(cls, row: Row) -> ClaimedCommand:

@@ -266,10 +266,6 @@ class BatchCounts:
     canceled: int
     in_troubleshooting: int
 
-    @property
-    def terminal(self) -> int:
-        return self.completed + self.failed + self.canceled
-
 
 @attrs.frozen(kw_only=True)
 class BatchMetadata:
@@ -354,7 +350,7 @@ class CommandChange:
                 row["batch_completed_count"],
                 row["batch_failed_count"],
                 row["batch_canceled_count"],
-                row["batch_tsq_count"],
+                row["batch_in_troubleshooting_count"],
             ),
         )
 

@@ -21,7 +21,7 @@ from triobus.persistence.errors import SchemaError
 logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key: "triobus" as a number, fixed forever.
-MIGRATION_LOCK_KEY = 0x7472696F627573
+_MIGRATION_LOCK_KEY = 0x7472696F627573
 _FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%s)"
@@ -60,7 +60,7 @@ async def migrate_connection(conn: Connection) -> list[int]:
     """Apply pending migrations on `conn`; return the versions applied now."""
     applied_now = []
     async with conn.transaction():
-        await conn.execute(LOCK_MIGRATIONS, (MIGRATION_LOCK_KEY,))
+        await conn.execute(LOCK_MIGRATIONS, (_MIGRATION_LOCK_KEY,))
         await conn.execute(CREATE_SCHEMA)
         await conn.execute(CREATE_VERSION_TABLE)
         done = {row["version"] for row in await conn.fetch_all(SELECT_VERSIONS)}

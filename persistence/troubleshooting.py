@@ -24,10 +24,10 @@ from triobus.persistence.records import (
 )
 from triobus.persistence.replies import insert_replies
 
-IN_TSQ = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+_IN_TSQ_SQL = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 
 # The commands an action or listing applies to: one command, or a domain (and type) in bulk.
-_IN_SCOPE = f"""domain = %(domain)s AND status = {IN_TSQ}
+_IN_SCOPE = f"""domain = %(domain)s AND status = {_IN_TSQ_SQL}
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)"""
 
@@ -58,7 +58,7 @@ WITH changed AS (
     SELECT domain, command_id, {literal(AuditEventType.OPERATOR_RETRY)},
            jsonb_build_object('operator', %(operator)s::text)
     FROM changed
-), {batch_count_ctes(StatusChange("changed", old=IN_TSQ, new="status"))}
+), {batch_count_ctes(StatusChange("changed", old=_IN_TSQ_SQL, new="status"))}
 {select_changes("changed", notify_sql(Channel.COMMAND, "c.domain"))}
 """
 
@@ -82,7 +82,7 @@ WITH changed AS (
     FROM changed
 ), replies AS (
     {_CANCEL_REPLIES}
-), {batch_count_ctes(StatusChange("changed", old=IN_TSQ, new="status"))}
+), {batch_count_ctes(StatusChange("changed", old=_IN_TSQ_SQL, new="status"))}
 {select_changes("changed")}
 """
 
@@ -102,7 +102,7 @@ WITH changed AS (
     FROM changed
 ), replies AS (
     {_COMPLETE_REPLIES}
-), {batch_count_ctes(StatusChange("changed", old=IN_TSQ, new="status"))}
+), {batch_count_ctes(StatusChange("changed", old=_IN_TSQ_SQL, new="status"))}
 {select_changes("changed")}
 """
 

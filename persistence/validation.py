@@ -10,19 +10,15 @@ from __future__ import annotations
 import enum
 import inspect
 import json
-import os
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-import attrs
 from psycopg.conninfo import conninfo_to_dict
 
-from triobus.persistence.errors import DuplicateCommandError, ValidationError
-from triobus.persistence.records import BatchCommand
+from triobus.persistence.errors import ValidationError
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -153,8 +149,9 @@ def check_optional_seconds(kind: str, value: object, *, context: str = "") -> fl
     return None if value is None else check_seconds(kind, value, context=context)
 
 
-def check_max_payload_bytes(value: object) -> int:
-    return check_int_in_range("max_payload_bytes", value, limit=MAX_PAYLOAD_BYTES_LIMIT)
+def check_max_payload_bytes(kind: str, value: object, *, context: str = "") -> int:
+    """A bound on JSON payloads, in bytes: 1 to 64 MiB."""
+    return check_int_in_range(kind, value, limit=MAX_PAYLOAD_BYTES_LIMIT, context=context)
 
 
 def check_limit_offset(limit: object, offset: object, *, context: str = "") -> tuple[int, int]:
@@ -233,21 +230,6 @@ def encode_payload(kind: str, data: object, *, max_bytes: int, context: str = ""
     return text
 
 
-@attrs.frozen
-class NewCommand:
-    """A validated command, ready to insert. `data_json` is the encoded payload."""
-
-    domain: str
-    command_type: str
-    command_id: UUID
-    data_json: str
-    correlation_id: UUID
-    reply_to: str | None
-    max_attempts: int | None
-    delay: float | None = None
-    not_before: datetime | None = None
-
-
 def check_schedule(
     delay: object, not_before: object, *, context: str = ""
 ) -> tuple[float | None, datetime | None]:
@@ -264,143 +246,6 @@ def check_schedule(
         else check_aware_datetime("not_before", not_before, context=context)
     )
     return checked_delay, checked_not_before
-
-
-class CorrelationIds:
-    """UUIDv7 values (RFC 9562) for one send or one batch: 48 bits of Unix time in
-    milliseconds, then 74 random bits. Ids generated close in time sort close together, so
-    the index on correlation ids takes them near its right edge, not on random pages.
-
-    The random bits come from `os.urandom`, drawn for up to 256 ids at a time (a system
-    call per id would be most of the cost of validating a big batch). Make one per call
-    and drop it with the call: buffered random bits must never outlive it, or a forked
-    child could hand out the same ones as its parent.
-    """
-
-    _LOW_62_BITS = (1 << 62) - 1
-    _VERSION_AND_VARIANT = (0x7 << 76) | (0x2 << 62)
-
-    def __init__(self, expected: int = 1) -> None:
-        self._chunk = 10 * max(1, min(expected, 256))
-        self._pool = b""
-        self._offset = 0
-
-    def next(self) -> UUID:
-        if self._offset >= len(self._pool):
-            self._pool, self._offset = os.urandom(self._chunk), 0
-        bits = int.from_bytes(self._pool[self._offset : self._offset + 10])  # 80 random bits
-        self._offset += 10
-        millis = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
-        return UUID(
-            int=(millis << 80)
-            | ((bits >> 62 & 0xFFF) << 64)
-            | (bits & self._LOW_62_BITS)
-            | self._VERSION_AND_VARIANT
-        )
-
-
-def new_command(
-    domain: object,
-    command_type: object,
-    command_id: object,
-    data: object,
-    *,
-    correlation_id: object = None,
-    reply_to: object = None,
-    max_attempts: object = None,
-    delay: object = None,
-    not_before: object = None,
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-    correlation_ids: CorrelationIds | None = None,
-    known_valid_names: set[str] | None = None,
-) -> NewCommand:
-    """Validate everything `send` takes; generate a correlation id when none is given
-    (from `correlation_ids`, else a new `CorrelationIds`). `known_valid_names` as for
-    `check_name`.
-
-    The checks run without a context; a failure's message gets the domain and id then
-    (formatting them up front cost a sixth of validating a batch of small commands)."""
-    names = known_valid_names
-    checked_domain = check_name("domain", domain, known_valid=names)
-    checked_id: UUID | None = None
-    try:
-        checked_id = check_uuid("command_id", command_id)
-        checked_delay, checked_not_before = check_schedule(delay, not_before)
-        return NewCommand(
-            domain=checked_domain,
-            command_type=check_name("command_type", command_type, known_valid=names),
-            command_id=checked_id,
-            data_json=encode_payload("data", data, max_bytes=max_payload_bytes),
-            correlation_id=(
-                (correlation_ids or CorrelationIds()).next()
-                if correlation_id is None
-                else check_uuid("correlation_id", correlation_id)
-            ),
-            reply_to=(
-                None if reply_to is None else check_name("reply_to", reply_to, known_valid=names)
-            ),
-            max_attempts=(
-                None
-                if max_attempts is None
-                else check_int_in_range("max_attempts", max_attempts, limit=MAX_ATTEMPTS_LIMIT)
-            ),
-            delay=checked_delay,
-            not_before=checked_not_before,
-        )
-    except ValidationError as ex:
-        command = "" if checked_id is None else f", command {checked_id}"
-        raise ValidationError(f"{ex} (domain {checked_domain!r}{command})") from None
-
-
-def new_batch_commands(
-    domain: str,
-    batch_id: UUID,
-    commands: object,
-    *,
-    max_payload_bytes: int,
-    context: str,
-) -> list[NewCommand]:
-    """Validate every command of a batch of `domain` as `send` validates one; raise
-    `DuplicateCommandError` for an id given twice and `ValidationError` for no command."""
-    if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
-        raise ValidationError(
-            f"commands must be an iterable of BatchCommand, got {type(commands).__name__}"
-            f" ({context})"
-        )
-    correlation_ids = CorrelationIds(expected=256)
-    known_valid_names = {domain}
-    validated: list[NewCommand] = []
-    seen: set[UUID] = set()
-    for index, command in enumerate(commands):
-        if not isinstance(command, BatchCommand):
-            raise ValidationError(
-                f"commands[{index}] must be a BatchCommand, got {type(command).__name__}"
-                f" ({context})"
-            )
-        try:
-            checked = new_command(
-                domain,
-                command.command_type,
-                command.command_id,
-                command.data,
-                correlation_id=command.correlation_id,
-                reply_to=command.reply_to,
-                max_attempts=command.max_attempts,
-                delay=command.delay,
-                not_before=command.not_before,
-                max_payload_bytes=max_payload_bytes,
-                correlation_ids=correlation_ids,
-                known_valid_names=known_valid_names,
-            )
-        except ValidationError as ex:
-            raise ValidationError(f"commands[{index}] of batch {batch_id}: {ex}") from None
-        if checked.command_id in seen:
-            raise DuplicateCommandError(domain, checked.command_id)
-        seen.add(checked.command_id)
-        validated.append(checked)
-    if not validated:
-        raise ValidationError(f"a batch needs at least one command ({context})")
-    return validated
 
 
 def storable_text(value: object, *, max_length: int) -> str:

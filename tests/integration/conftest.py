@@ -21,3 +21,10 @@ async def pool(triobus_dsn: str, driver: DriverKind) -> AsyncIterator[Connection
         async with pool.connection() as conn:
             await conn.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
         yield pool
+
+
+@pytest.fixture
+async def queue_pool(triobus_dsn: str) -> AsyncIterator[ConnectionPool]:
+    """A pool on the test database, for driving one worker role directly."""
+    async with open_pool(triobus_dsn, max_size=4) as pool:
+        yield pool

@@ -12,13 +12,13 @@ from triobus.actors import RetryPolicy
 from triobus.actors.outcomes import Returned, outcome_of
 from triobus.persistence.commands import insert_command
 from triobus.persistence.driver import DriverConnection, connect
+from triobus.persistence.new_commands import new_command
 from triobus.persistence.queue import (
     ClaimedCommand,
     HandlerResult,
     ack_if_claimed,
     claim_commands,
 )
-from triobus.persistence.validation import new_command
 
 
 def completed(claim: ClaimedCommand) -> HandlerResult:

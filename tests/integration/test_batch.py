@@ -131,7 +131,7 @@ async def test_batch_callback_not_called_with_tsq(
 
     async def actor_saw_two_completions() -> bool:
         (watch,) = triobus_runtime.statistics().batches
-        return watch.counts is not None and watch.counts.completed_count == 2
+        return watch.counts is not None and watch.counts.completed == 2
 
     await eventually(actor_saw_two_completions)
     assert await triobus_runtime.tsq.count_troubleshooting("d") == 1
@@ -341,6 +341,14 @@ async def test_batch_queries(triobus_runtime: Runtime) -> None:
     assert all(c.batch_id == second and c.status is CommandStatus.PENDING for c in listed)
     trail = await bus.get_audit_trail(second_commands[0].command_id)
     assert trail[0].details is not None and trail[0].details["batch_id"] == str(second)
+    assert trail[0].details.keys() == {
+        "command_type",
+        "correlation_id",
+        "reply_to",
+        "max_attempts",
+        "visible_at",
+        "batch_id",
+    }
     assert await bus.get_batch("other", second) is None
     with pytest.raises(ValidationError, match="status 'DONE'"):
         await bus.list_batches("d", status="DONE")

@@ -80,8 +80,8 @@ async def counts_after_progress(
         await eventually(handled)
         assert not actor.done.is_set()  # the TSQ members hold the batch open
         nursery.cancel_scope.cancel()
-    assert actor.counts is not None
-    return actor.counts
+    assert actor.batch is not None
+    return actor.batch
 
 
 async def test_batch_actor_never_counts_a_commit_twice(

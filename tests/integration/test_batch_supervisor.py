@@ -4,6 +4,8 @@ registrations that live in memory only."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -11,6 +13,7 @@ import trio
 from tests.integration.batch_work import Calls, commands, register_work
 from triobus.actors import BatchNotFoundError, BatchStatus, Runtime, open_runtime
 from triobus.persistence.driver import connect
+from triobus.persistence.records import BatchCounts
 
 
 async def test_registration_is_lost_on_restart_and_the_batch_still_completes(
@@ -86,3 +89,32 @@ async def test_a_watched_batch_that_is_not_stored_is_logged_and_the_runtime_goes
     await triobus_runtime.start_worker("d")
     batch = await triobus_runtime.wait_batch("d", batch_id, timeout=30)
     assert batch.status is BatchStatus.COMPLETED
+
+
+async def test_operator_actions_reach_the_watching_actor_with_the_counts_they_committed(
+    triobus_dsn: str, eventually: Callable[..., Any]
+) -> None:
+    """A retry takes a member out of the TSQ: the actor learns the new count from the
+    action's own commit (the fast path), not from a read of the batch."""
+    async with open_runtime(triobus_dsn, migrate=False, batch_reconcile_interval=3600) as rt:
+        await register_work(rt)
+        batch = commands("ok", "tsq")
+        await rt.bus.create_batch("d", batch, on_complete=Calls())
+        worker = await rt.start_worker("d")
+
+        async def parked() -> bool:  # both results' progress handled: nothing else comes
+            (watch,) = rt.statistics().batches
+            return watch.counts == BatchCounts(1, 0, 0, in_troubleshooting=1)
+
+        await eventually(parked)
+        await worker.stop()
+        (before,) = rt.statistics().batches
+        await rt.tsq.operator_retry("d", batch[1].command_id)
+
+        async def retried() -> bool:
+            (watch,) = rt.statistics().batches
+            return watch.counts is not None and watch.counts.in_troubleshooting == 0
+
+        await eventually(retried)
+        (after,) = rt.statistics().batches
+        assert after.reads == before.reads and after.messages == before.messages + 1

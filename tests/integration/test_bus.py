@@ -47,7 +47,18 @@ async def test_send_stores_command_and_sent_audit_event(triobus_runtime: Runtime
     trail = await bus.get_audit_trail(command_id, domain="payments")
     assert [e.event_type for e in trail] == [AuditEventType.SENT]
     assert trail[0].details is not None
+    assert trail[0].details.keys() == {
+        "command_type",
+        "correlation_id",
+        "reply_to",
+        "max_attempts",
+        "visible_at",
+    }
     assert trail[0].details["correlation_id"] == str(result.correlation_id)
+    assert (trail[0].details["reply_to"], trail[0].details["max_attempts"]) == (
+        "payments.replies",
+        5,
+    )
 
 
 async def test_given_correlation_id_is_stored_and_string_ids_accepted(

@@ -186,7 +186,7 @@ class ModelBatch:
 
 def key_of(claim: ClaimedCommand | HandlerResult | CommandChange) -> Key:
     if isinstance(claim, ClaimedCommand):
-        return claim.key
+        return claim.command.domain, claim.command.command_id
     return claim.domain, claim.command_id
 
 

@@ -11,7 +11,7 @@ import trio.testing
 
 from triobus.actors import Command, CommandStatus, HandlerContext, Runtime, open_runtime
 from triobus.persistence.commands import insert_command
-from triobus.persistence.validation import new_command
+from triobus.persistence.new_commands import new_command
 
 if TYPE_CHECKING:
     from tests.conftest import Proxy

@@ -35,5 +35,6 @@ INSERT INTO triobus.audit (domain, subject_id, event_type, details)
     SELECT domain, command_id, 'SENT',
            jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
                               'reply_to', reply_to, 'max_attempts', max_attempts,
-                              'visible_at', visible_at, 'batch_id', batch_id)
+                              'visible_at', visible_at,
+                              'batch_id', batch_id)
     FROM triobus.command, notified WHERE domain = %(domain)s AND batch_id = %(batch_id)s;

@@ -11,13 +11,13 @@ WITH inserted AS (
                      now() + make_interval(secs => coalesce(%(delay)s::float8, 0))))
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
-              visible_at, batch_id
+              visible_at
 ), sent AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
     SELECT domain, command_id, 'SENT',
            jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
                               'reply_to', reply_to, 'max_attempts', max_attempts,
-                              'visible_at', visible_at, 'batch_id', batch_id)
+                              'visible_at', visible_at)
     FROM inserted
 )
 SELECT command_id, pg_notify('triobus_command', domain) FROM inserted;

@@ -37,15 +37,15 @@ WITH changed AS (
                - (old_status = 'IN_TROUBLESHOOTING_QUEUE')::int)::int AS in_troubleshooting_count
     FROM status_changes WHERE batch_id IS NOT NULL
     GROUP BY domain, batch_id
-), batch_totals AS (
-    SELECT *, completed_count + failed_count + canceled_count AS terminal,
-           failed_count + canceled_count AS failures
+), batch_delta_sums AS (
+    SELECT *, completed_count + failed_count + canceled_count AS terminal_delta,
+           failed_count + canceled_count AS failures_delta
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
-    JOIN batch_totals d ON b.domain = d.domain AND b.batch_id = d.batch_id
+    JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
     WHERE d.completed_count <> 0
        OR d.failed_count <> 0
        OR d.canceled_count <> 0
@@ -61,16 +61,16 @@ WITH changed AS (
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
-                 AND b.failed_count + b.canceled_count + d.failures > 0
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                 AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
+        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
-    FROM batch_totals d, batch_locked l
+    FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
@@ -94,7 +94,7 @@ SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
        bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
        bu.canceled_count AS batch_canceled_count,
-       bu.in_troubleshooting_count AS batch_tsq_count
+       bu.in_troubleshooting_count AS batch_in_troubleshooting_count
 FROM changed c
 LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
 
@@ -136,15 +136,15 @@ WITH changed AS (
                - (old_status = 'IN_TROUBLESHOOTING_QUEUE')::int)::int AS in_troubleshooting_count
     FROM status_changes WHERE batch_id IS NOT NULL
     GROUP BY domain, batch_id
-), batch_totals AS (
-    SELECT *, completed_count + failed_count + canceled_count AS terminal,
-           failed_count + canceled_count AS failures
+), batch_delta_sums AS (
+    SELECT *, completed_count + failed_count + canceled_count AS terminal_delta,
+           failed_count + canceled_count AS failures_delta
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
-    JOIN batch_totals d ON b.domain = d.domain AND b.batch_id = d.batch_id
+    JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
     WHERE d.completed_count <> 0
        OR d.failed_count <> 0
        OR d.canceled_count <> 0
@@ -160,16 +160,16 @@ WITH changed AS (
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
-                 AND b.failed_count + b.canceled_count + d.failures > 0
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                 AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
+        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
-    FROM batch_totals d, batch_locked l
+    FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
@@ -193,7 +193,7 @@ SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
        bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
        bu.canceled_count AS batch_canceled_count,
-       bu.in_troubleshooting_count AS batch_tsq_count
+       bu.in_troubleshooting_count AS batch_in_troubleshooting_count
 FROM changed c
 LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
 
@@ -235,15 +235,15 @@ WITH changed AS (
                - (old_status = 'IN_TROUBLESHOOTING_QUEUE')::int)::int AS in_troubleshooting_count
     FROM status_changes WHERE batch_id IS NOT NULL
     GROUP BY domain, batch_id
-), batch_totals AS (
-    SELECT *, completed_count + failed_count + canceled_count AS terminal,
-           failed_count + canceled_count AS failures
+), batch_delta_sums AS (
+    SELECT *, completed_count + failed_count + canceled_count AS terminal_delta,
+           failed_count + canceled_count AS failures_delta
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
-    JOIN batch_totals d ON b.domain = d.domain AND b.batch_id = d.batch_id
+    JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
     WHERE d.completed_count <> 0
        OR d.failed_count <> 0
        OR d.canceled_count <> 0
@@ -259,16 +259,16 @@ WITH changed AS (
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
-                 AND b.failed_count + b.canceled_count + d.failures > 0
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                 AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal = b.total_count
+        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
-    FROM batch_totals d, batch_locked l
+    FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
@@ -292,7 +292,7 @@ SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
        bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
        bu.canceled_count AS batch_canceled_count,
-       bu.in_troubleshooting_count AS batch_tsq_count, pg_notify('triobus_command', c.domain)
+       bu.in_troubleshooting_count AS batch_in_troubleshooting_count, pg_notify('triobus_command', c.domain)
 FROM changed c
 LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
 

@@ -1,8 +1,8 @@
 """The layers' boundaries: what persistence's SQL, records and validation may import.
 
-Only the driver, the pool and the embedded cluster run on Trio; everything else in
-persistence imports no Trio (nor the actors), so that code outside Trio (asyncio or
-sync producers) can use the same statements, records and checks. `./run lint` checks
+Only the driver, the pool, the databases helpers and the embedded cluster run on Trio;
+the statements, records and checks import no Trio (nor the actors), so that code outside
+Trio (asyncio or sync producers) can use them. `./run lint` checks
 the same rules statically (import-linter contracts in pyproject.toml).
 """
 
@@ -20,7 +20,9 @@ TRIO_FREE = (
     "connection",
     "errors",
     "literals",
+    "new_commands",
     "notifications",
+    "outage",
     "queue",
     "records",
     "replies",

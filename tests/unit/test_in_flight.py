@@ -43,7 +43,7 @@ def run_one(in_flight: InFlight) -> None:
 def test_handlers_and_prefetch_bound_what_waits_and_runs() -> None:
     in_flight = InFlight(concurrency=2, prefetch=1)
     assert in_flight.room() == 3
-    in_flight.claimed([claim(), claim(), claim()])
+    in_flight.hold([claim(), claim(), claim()])
     assert (in_flight.waiting, in_flight.room()) == (3, 0)
     in_flight.started()
     assert (in_flight.waiting, in_flight.running, in_flight.room()) == (2, 1, 0)
@@ -57,7 +57,7 @@ def test_results_the_acker_has_not_written_bound_further_claims() -> None:
     held = []
     while in_flight.room():
         held += [claim()]
-        in_flight.claimed(held[-1:])
+        in_flight.hold(held[-1:])
         run_one(in_flight)
     assert len(in_flight) == in_flight.bound  # no handler busy, yet no room: the acker lags
     in_flight.settled([result_of(held[0])])
@@ -68,8 +68,8 @@ def test_a_late_result_of_an_older_claim_settles_nothing() -> None:
     in_flight = InFlight(concurrency=4, prefetch=0)
     first = claim()
     again = attrs.evolve(first, attempt=2, lease_token=uuid.uuid4())  # claimed again
-    in_flight.claimed([first])
-    in_flight.claimed([again])
+    in_flight.hold([first])
+    in_flight.hold([again])
     in_flight.settled([result_of(first)])
     assert in_flight.held() == [again]
     in_flight.settled([result_of(again)])
@@ -78,7 +78,7 @@ def test_a_late_result_of_an_older_claim_settles_nothing() -> None:
 
 def test_forget_all_holds_nothing() -> None:
     in_flight = InFlight(concurrency=4, prefetch=0)
-    in_flight.claimed([claim(), claim()])
+    in_flight.hold([claim(), claim()])
     in_flight.forget_all()
     assert (len(in_flight), in_flight.held()) == (0, [])
 
@@ -86,7 +86,7 @@ def test_forget_all_holds_nothing() -> None:
 async def test_changed_returns_once_room_may_have_been_made_and_coalesces() -> None:
     in_flight = InFlight(concurrency=2, prefetch=0)
     first, second = claim(), claim()
-    in_flight.claimed([first, second])
+    in_flight.hold([first, second])
     waits: list[str] = []
 
     async def wait() -> None:

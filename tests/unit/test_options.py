@@ -32,8 +32,8 @@ def test_worker_options_refuse_bad_values(options: dict[str, Any], message: str)
 
 
 def test_worker_options_default_the_heartbeat_to_a_third_of_the_lease() -> None:
-    assert WorkerOptions(domain="d", visibility_timeout=9.0).lease_extension_interval == 3.0
-    assert WorkerOptions(domain="d", heartbeat_interval=1.0).lease_extension_interval == 1.0
+    assert WorkerOptions(domain="d", visibility_timeout=9.0).effective_heartbeat_interval == 3.0
+    assert WorkerOptions(domain="d", heartbeat_interval=1.0).effective_heartbeat_interval == 1.0
 
 
 BAD_RUNTIME_OPTIONS = [
