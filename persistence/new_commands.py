@@ -134,8 +134,9 @@ def new_batch_commands(
     max_payload_bytes: int,
     context: str,
 ) -> list[NewCommand]:
-    """Validate every command of a batch of `domain` as `send` validates one; raise
-    `DuplicateCommandError` for an id given twice and `ValidationError` for no command."""
+    """Validate every command of a batch of `domain` (already checked: its name is taken
+    as valid) as `send` validates one; raise `DuplicateCommandError` for an id given
+    twice and `ValidationError` for no command. `context` names the batch in errors."""
     if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
         raise ValidationError(
             f"commands must be an iterable of BatchCommand, got {type(commands).__name__}"
