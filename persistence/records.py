@@ -8,7 +8,9 @@ are tested against them). Records are frozen attrs classes, built from rows with
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +31,9 @@ class CommandStatus(enum.StrEnum):
     def is_terminal(self) -> bool:
         """Terminal states are final: a command reaches one at most once (invariant 1)."""
         return self in (CommandStatus.COMPLETED, CommandStatus.FAILED, CommandStatus.CANCELED)
+
+
+_COMMAND_STATUSES = MappingProxyType({status.value: status for status in CommandStatus})
 
 
 class BatchStatus(enum.StrEnum):
@@ -336,23 +341,36 @@ class CommandChange:
     batch_counts: BatchCounts | None = None
 
     @classmethod
-    def from_row(cls, row: Row) -> CommandChange:
-        """From a row of a statement that ends with `batch_counts.CHANGE_COLUMNS`."""
-        return cls(
-            domain=row["domain"],
-            command_id=row["command_id"],
-            status=CommandStatus(row["status"]),
-            batch_id=row["batch_id"],
-            batch_completed=row["batch_completed"],
-            batch_counts=None
-            if row["batch_completed_count"] is None
-            else BatchCounts(
-                row["batch_completed_count"],
-                row["batch_failed_count"],
-                row["batch_canceled_count"],
-                row["batch_in_troubleshooting_count"],
-            ),
-        )
+    def from_rows(cls, rows: Iterable[Row]) -> list[CommandChange]:
+        """From the rows of a statement that ends with `batch_counts.select_changes`.
+
+        The acker reads one per result it writes: the statuses are looked up in a table,
+        and the counts of a batch, the same on each of its rows, are built once."""
+        counts: dict[tuple[int, int, int, int], BatchCounts] = {}
+        changes = []
+        for row in rows:
+            batch_counts = None
+            if row["batch_completed_count"] is not None:
+                key = (
+                    row["batch_completed_count"],
+                    row["batch_failed_count"],
+                    row["batch_canceled_count"],
+                    row["batch_in_troubleshooting_count"],
+                )
+                batch_counts = counts.get(key)
+                if batch_counts is None:
+                    batch_counts = counts[key] = BatchCounts(*key)
+            changes.append(
+                cls(
+                    domain=row["domain"],
+                    command_id=row["command_id"],
+                    status=_COMMAND_STATUSES[row["status"]],
+                    batch_id=row["batch_id"],
+                    batch_completed=row["batch_completed"],
+                    batch_counts=batch_counts,
+                )
+            )
+        return changes
 
 
 @attrs.frozen

@@ -176,4 +176,4 @@ async def apply_operator_action(
             "result": result_json,
         },
     )
-    return [CommandChange.from_row(row) for row in rows]
+    return CommandChange.from_rows(rows)
