@@ -33,6 +33,7 @@ from triobus.actors.handlers import (
 )
 from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.runtime import Runtime, RuntimeOptions, RuntimeStatistics, open_runtime
+from triobus.actors.transaction import Transaction
 from triobus.actors.troubleshooting import TroubleshootingQueue
 from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
 from triobus.persistence.driver import DriverKind
@@ -95,6 +96,7 @@ __all__ = [
     "RuntimeOptions",
     "RuntimeStatistics",
     "SendResult",
+    "Transaction",
     "TransientCommandError",
     "TriobusError",
     "TroubleshootingItem",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -12,6 +13,12 @@ import trio
 from triobus.actors.batch_actor import BatchCallback
 from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.notifier import Notifier
+from triobus.actors.transaction import (
+    Transaction,
+    atomic_connection,
+    joined,
+    statement_connection,
+)
 from triobus.persistence import audit, batches, commands, replies
 from triobus.persistence.errors import DuplicateCommandError, UniqueViolationError
 from triobus.persistence.new_commands import new_batch_commands, new_command
@@ -77,6 +84,7 @@ class CommandBus:
         max_attempts: int | None = None,
         delay: float | None = None,
         not_before: datetime | None = None,
+        conn: Transaction | None = None,
     ) -> SendResult:
         """Store a command and its SENT audit event in one transaction.
 
@@ -84,6 +92,9 @@ class CommandBus:
         command, in its audit trail and in its reply. `max_attempts=None` leaves the
         number of attempts to the worker's retry policy. With `delay` (seconds) or
         `not_before` (an aware datetime) the command is not claimed before that time.
+        With `conn` (from `runtime.transaction()`) the command is written in that
+        transaction: invisible to workers until it commits, gone if it rolls back; a
+        duplicate leaves it usable.
         """
         command = new_command(
             domain,
@@ -97,8 +108,10 @@ class CommandBus:
             not_before=not_before,
             max_payload_bytes=self.max_payload_bytes,
         )
-        async with self._pool.connection() as conn:
-            return await commands.insert_command(conn, command)
+        context = f"domain {command.domain!r}, command {command.command_id}"
+        transaction = joined(conn, self._pool, context)
+        async with statement_connection(self._pool, transaction) as connection:
+            return await commands.insert_command(connection, command)
 
     async def get_command(self, domain: str, command_id: UUID | str) -> CommandMetadata | None:
         """The command, or None if this domain has no command with this id."""
@@ -225,6 +238,7 @@ class CommandBus:
         name: str | None = None,
         custom_data: dict[str, object] | None = None,
         on_complete: BatchCallback | None = None,
+        conn: Transaction | None = None,
     ) -> UUID:
         """Store a batch and all its commands in one transaction: all or nothing.
 
@@ -232,6 +246,10 @@ class CommandBus:
         An id repeated in the batch or already stored raises `DuplicateCommandError` and
         writes nothing. `on_complete(BatchMetadata)` is awaited once when the batch
         completes (see `Runtime.watch_batch`). Returns the batch id.
+
+        With `conn` (from `runtime.transaction()`) the batch is written in that
+        transaction (a duplicate leaves it usable), and `on_complete` is registered only
+        once it has committed: a batch that rolls back gets no callback.
         """
         checked_domain = check_name("domain", domain)
         checked_batch_id = (
@@ -259,10 +277,11 @@ class CommandBus:
             max_payload_bytes=self.max_payload_bytes,
             context=context,
         )
+        transaction = joined(conn, self._pool, context)
         try:
-            async with self._pool.transaction() as conn:
+            async with atomic_connection(self._pool, transaction) as connection:
                 await batches.insert_batch(
-                    conn,
+                    connection,
                     checked_domain,
                     checked_batch_id,
                     validated,
@@ -270,13 +289,19 @@ class CommandBus:
                     custom_data_json=custom_data_json,
                 )
         except UniqueViolationError:
-            async with self._pool.connection() as conn:
+            async with statement_connection(self._pool, transaction) as connection:
                 taken = await batches.first_stored_command(
-                    conn, checked_domain, [c.command_id for c in validated]
+                    connection, checked_domain, [c.command_id for c in validated]
                 )
             raise DuplicateCommandError(checked_domain, taken or "(unknown)") from None
         if on_complete is not None:
-            await self._batches.watch(checked_domain, checked_batch_id, on_complete)
+            watch = functools.partial(
+                self._batches.watch, checked_domain, checked_batch_id, on_complete
+            )
+            if transaction is None:
+                await watch()
+            else:
+                transaction.after_commit(watch)
         return checked_batch_id
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:

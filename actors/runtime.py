@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +31,7 @@ from triobus.actors.bus import CommandBus
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
+from triobus.actors.transaction import Transaction, open_transaction
 from triobus.actors.troubleshooting import TroubleshootingQueue
 from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
 from triobus.persistence.databases import migrate as apply_migrations
@@ -164,6 +165,17 @@ class Runtime:
         await self._nursery.start(worker.run)
         self._workers.append(worker)
         return worker
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A pooled connection inside BEGIN ... COMMIT, to pass to triobus as `conn=`.
+
+        `async with runtime.transaction() as conn:` run the application's own SQL on
+        `conn` (`execute`, `fetch_all`, `fetch_one`) and send, create batches or act on
+        the troubleshooting queue with `conn=conn`: it all commits when the block ends, or
+        rolls back if it raises or is cancelled. Workers see nothing before the commit,
+        and batch callbacks registered in the block start only after it.
+        """
+        return open_transaction(self.pool)
 
     async def watch_batch(
         self, domain: str, batch_id: UUID | str, on_complete: BatchCallback

@@ -13,6 +13,12 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from triobus.actors.messages import OnChanges
+from triobus.actors.transaction import (
+    Transaction,
+    atomic_connection,
+    joined,
+    statement_connection,
+)
 from triobus.persistence.errors import CommandNotFoundError, InvalidOperationError
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import CommandChange, CommandStatus, TroubleshootingItem
@@ -86,7 +92,12 @@ class TroubleshootingQueue:
             return await count_troubleshooting(conn, checked_domain, command_type=checked_type)
 
     async def operator_retry(
-        self, domain: str, command_id: UUID | str, *, operator: str | None = None
+        self,
+        domain: str,
+        command_id: UUID | str,
+        *,
+        operator: str | None = None,
+        conn: Transaction | None = None,
     ) -> None:
         """Send a TSQ command back to PENDING with its attempts reset, visible now."""
         checked_domain, checked_id, context = self._key(domain, command_id)
@@ -95,10 +106,17 @@ class TroubleshootingQueue:
             checked_domain,
             checked_id,
             operator=_optional_operator(operator, context),
+            conn=joined(conn, self._pool, context),
         )
 
     async def operator_cancel(
-        self, domain: str, command_id: UUID | str, reason: str, *, operator: str | None = None
+        self,
+        domain: str,
+        command_id: UUID | str,
+        reason: str,
+        *,
+        operator: str | None = None,
+        conn: Transaction | None = None,
     ) -> None:
         """Cancel a TSQ command for good; its reply (if any) is CANCELED with `reason`."""
         checked_domain, checked_id, context = self._key(domain, command_id)
@@ -108,6 +126,7 @@ class TroubleshootingQueue:
             checked_id,
             operator=_optional_operator(operator, context),
             reason=check_text("reason", reason, max_length=1000, context=context),
+            conn=joined(conn, self._pool, context),
         )
 
     async def operator_complete(
@@ -117,6 +136,7 @@ class TroubleshootingQueue:
         *,
         result_data: dict[str, object] | None = None,
         operator: str | None = None,
+        conn: Transaction | None = None,
     ) -> None:
         """Complete a TSQ command by hand; its reply (if any) is SUCCESS with `result_data`."""
         checked_domain, checked_id, context = self._key(domain, command_id)
@@ -131,18 +151,26 @@ class TroubleshootingQueue:
             checked_id,
             operator=_optional_operator(operator, context),
             result_json=result_json,
+            conn=joined(conn, self._pool, context),
         )
 
     async def retry_all(
-        self, domain: str, *, command_type: str | None = None, operator: str | None = None
+        self,
+        domain: str,
+        *,
+        command_type: str | None = None,
+        operator: str | None = None,
+        conn: Transaction | None = None,
     ) -> int:
         """Retry every TSQ command of `domain` (of one type, if given); returns the count."""
         checked_domain = check_name("domain", domain)
+        context = f"domain {checked_domain!r}"
         return await self._act_on_all(
             OperatorAction.RETRY,
             checked_domain,
             _optional_type(command_type, checked_domain),
-            operator=_optional_operator(operator, f"domain {checked_domain!r}"),
+            operator=_optional_operator(operator, context),
+            conn=joined(conn, self._pool, context),
         )
 
     async def cancel_all(
@@ -152,6 +180,7 @@ class TroubleshootingQueue:
         *,
         command_type: str | None = None,
         operator: str | None = None,
+        conn: Transaction | None = None,
     ) -> int:
         """Cancel every TSQ command of `domain` (of one type, if given); returns the count."""
         checked_domain = check_name("domain", domain)
@@ -162,6 +191,7 @@ class TroubleshootingQueue:
             _optional_type(command_type, checked_domain),
             operator=_optional_operator(operator, context),
             reason=check_text("reason", reason, max_length=1000, context=context),
+            conn=joined(conn, self._pool, context),
         )
 
     @staticmethod
@@ -179,9 +209,10 @@ class TroubleshootingQueue:
         operator: str | None,
         reason: str | None = None,
         result_json: str | None = None,
+        conn: Transaction | None,
     ) -> None:
-        async with self._pool.transaction() as conn:
-            status = await lock_command_status(conn, domain, command_id)
+        async with atomic_connection(self._pool, conn) as connection:
+            status = await lock_command_status(connection, domain, command_id)
             if status is None:
                 raise CommandNotFoundError(domain, command_id)
             if status is not CommandStatus.IN_TROUBLESHOOTING_QUEUE:
@@ -190,7 +221,7 @@ class TroubleshootingQueue:
                     f"troubleshooting queue: operator {action.name.lower()} does not apply"
                 )
             changed = await apply_operator_action(
-                conn,
+                connection,
                 action,
                 domain,
                 command_id=command_id,
@@ -198,7 +229,7 @@ class TroubleshootingQueue:
                 reason=reason,
                 result_json=result_json,
             )
-        self._notify(changed)
+        self._notify(changed, conn)
 
     async def _act_on_all(
         self,
@@ -208,14 +239,30 @@ class TroubleshootingQueue:
         *,
         operator: str | None,
         reason: str | None = None,
+        conn: Transaction | None,
     ) -> int:
-        async with self._pool.connection() as conn:
+        async with statement_connection(self._pool, conn) as connection:
             changed = await apply_operator_action(
-                conn, action, domain, command_type=command_type, operator=operator, reason=reason
+                connection,
+                action,
+                domain,
+                command_type=command_type,
+                operator=operator,
+                reason=reason,
             )
-        self._notify(changed)
+        self._notify(changed, conn)
         return len(changed)
 
-    def _notify(self, changed: Sequence[CommandChange]) -> None:
-        if self._on_changed is not None and changed:
-            self._on_changed(changed)
+    def _notify(self, changed: Sequence[CommandChange], conn: Transaction | None) -> None:
+        """Hand the changes on once they are committed: now, or after `conn` commits."""
+        on_changed = self._on_changed
+        if on_changed is None or not changed:
+            return
+        if conn is None:
+            on_changed(changed)
+            return
+
+        async def hand_on() -> None:
+            on_changed(changed)
+
+        conn.after_commit(hand_on)

@@ -55,7 +55,32 @@ logger = logging.getLogger(__name__)
 RV = TypeVar("RV")
 
 _ACTIVE = pq.TransactionStatus.ACTIVE
-_IDLE = pq.TransactionStatus.IDLE
+
+
+class TransactionState(enum.StrEnum):
+    """Where a connection stands, as libpq knows it (no round trip)."""
+
+    IDLE = "idle"  # outside a transaction
+    IN_TRANSACTION = "in a transaction"
+    FAILED = "in a failed transaction"  # a statement failed: only ROLLBACK is accepted
+    BUSY = "running a statement"
+    CLOSED = "closed"
+
+
+_STATES = {
+    pq.TransactionStatus.IDLE: TransactionState.IDLE,
+    pq.TransactionStatus.INTRANS: TransactionState.IN_TRANSACTION,
+    pq.TransactionStatus.INERROR: TransactionState.FAILED,
+    pq.TransactionStatus.ACTIVE: TransactionState.BUSY,
+}
+
+
+def _state_of(
+    conn: psycopg.Connection[DictRow] | psycopg.AsyncConnection[DictRow],
+) -> TransactionState:
+    if conn.closed:
+        return TransactionState.CLOSED
+    return _STATES.get(conn.info.transaction_status, TransactionState.CLOSED)
 
 
 class DriverKind(enum.StrEnum):
@@ -120,8 +145,12 @@ class DriverConnection(Connection):
         """Wait up to `timeout` seconds for notifications; return all that arrived."""
 
     @abc.abstractmethod
+    def transaction_state(self) -> TransactionState:
+        """Where the connection stands: idle, in a (failed) transaction, busy or closed."""
+
     def is_reusable(self) -> bool:
         """True when the connection is open with no transaction or query in flight."""
+        return self.transaction_state() is TransactionState.IDLE
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -356,8 +385,8 @@ class NativeConnection(DriverConnection):
                 found += [n async for n in self._conn.notifies(timeout=0)]
             return [Notification(n.channel, n.payload, n.pid) for n in found]
 
-    def is_reusable(self) -> bool:
-        return not self._conn.closed and self._conn.info.transaction_status == _IDLE
+    def transaction_state(self) -> TransactionState:
+        return _state_of(self._conn)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -475,8 +504,8 @@ class ThreadConnection(DriverConnection):
             if found or trio.current_time() >= deadline:
                 return found
 
-    def is_reusable(self) -> bool:
-        return not self._conn.closed and self._conn.info.transaction_status == _IDLE
+    def transaction_state(self) -> TransactionState:
+        return _state_of(self._conn)
 
     async def close(self) -> None:
         self._conn.close()

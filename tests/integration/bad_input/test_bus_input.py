@@ -121,6 +121,20 @@ BUS_CASES = [
         "not_before must be a timezone-aware datetime",
     ),
     case(
+        "send-conn",
+        "wrong-type",
+        lambda rt, s: rt.bus.send("d", "T", uuid.uuid4(), {}, conn="a connection"),
+        ValidationError,
+        r"conn must be a transaction from runtime\.transaction\(\), got str \(domain 'd',",
+    ),
+    case(
+        "create_batch-conn",
+        "wrong-type",
+        lambda rt, s: rt.bus.create_batch("d", [BatchCommand("T", uuid.uuid4(), {})], conn=1),
+        ValidationError,
+        r"conn must be a transaction from runtime\.transaction\(\), got int \(domain 'd', batch",
+    ),
+    case(
         "send-duplicate",
         "state",
         lambda rt, s: rt.bus.send("d", "Work", s.pending, {}),

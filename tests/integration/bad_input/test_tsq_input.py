@@ -21,7 +21,7 @@ from tests.integration.bad_input.cases import (
     text_cases,
     uuid_cases,
 )
-from triobus.actors import CommandNotFoundError, InvalidOperationError, Runtime
+from triobus.actors import CommandNotFoundError, InvalidOperationError, Runtime, ValidationError
 
 
 def _operator_state_cases(name: str, call: Callable[[Any, str, object], object]) -> list[Any]:
@@ -87,6 +87,21 @@ TSQ_CASES = [
     ),
     # operator_retry
     *name_cases("retry-domain", "domain", lambda rt, s, v: rt.tsq.operator_retry(v, s.parked)),
+    case(
+        "retry-conn",
+        "wrong-type",
+        lambda rt, s: rt.tsq.operator_retry("d", s.parked, conn=object()),
+        ValidationError,
+        r"conn must be a transaction from runtime\.transaction\(\), got object"
+        r" \(domain 'd', command <parked>\)",
+    ),
+    case(
+        "cancel_all-conn",
+        "wrong-type",
+        lambda rt, s: rt.tsq.cancel_all("d", "why", conn="conn"),
+        ValidationError,
+        r"conn must be a transaction.*got str \(domain 'd'\)",
+    ),
     *uuid_cases(
         "retry-id",
         lambda rt, s, v: rt.tsq.operator_retry("d", v),
