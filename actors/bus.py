@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from uuid import UUID
@@ -15,13 +14,11 @@ from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.notifier import Notifier
 from triobus.actors.transaction import (
     Transaction,
-    atomic_connection,
     joined,
     statement_connection,
 )
 from triobus.persistence import audit, batches, commands, replies
-from triobus.persistence.errors import DuplicateCommandError, UniqueViolationError
-from triobus.persistence.new_commands import new_batch_commands, new_command
+from triobus.persistence.new_commands import new_batch, new_command
 from triobus.persistence.notifications import Channel
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import (
@@ -46,9 +43,7 @@ from triobus.persistence.validation import (
     check_optional_uuid,
     check_reply_ids,
     check_seconds,
-    check_text,
     check_uuid,
-    encode_payload,
 )
 
 
@@ -251,58 +246,28 @@ class CommandBus:
         transaction (a duplicate leaves it usable), and `on_complete` is registered only
         once it has committed: a batch that rolls back gets no callback.
         """
-        checked_domain = check_name("domain", domain)
-        checked_batch_id = (
-            uuid.uuid4()
-            if batch_id is None
-            else check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
-        )
-        context = f"domain {checked_domain!r}, batch {checked_batch_id}"
-        checked_name = (
-            None if name is None else check_text("name", name, max_length=200, context=context)
-        )
-        custom_data_json = (
-            None
-            if custom_data is None
-            else encode_payload(
-                "custom_data", custom_data, max_bytes=self.max_payload_bytes, context=context
-            )
+        batch = new_batch(
+            domain,
+            commands,
+            batch_id=batch_id,
+            name=name,
+            custom_data=custom_data,
+            max_payload_bytes=self.max_payload_bytes,
         )
         if on_complete is not None:
-            check_async_callable("on_complete", on_complete, context=context)
-        validated = new_batch_commands(
-            checked_domain,
-            checked_batch_id,
-            commands,
-            max_payload_bytes=self.max_payload_bytes,
-            context=context,
-        )
-        transaction = joined(conn, self._pool, context)
-        try:
-            async with atomic_connection(self._pool, transaction) as connection:
-                await batches.insert_batch(
-                    connection,
-                    checked_domain,
-                    checked_batch_id,
-                    validated,
-                    name=checked_name,
-                    custom_data_json=custom_data_json,
-                )
-        except UniqueViolationError:
-            async with statement_connection(self._pool, transaction) as connection:
-                taken = await batches.first_stored_command(
-                    connection, checked_domain, [c.command_id for c in validated]
-                )
-            raise DuplicateCommandError(checked_domain, taken or "(unknown)") from None
+            check_async_callable("on_complete", on_complete, context=batch.context)
+        transaction = joined(conn, self._pool, batch.context)
+        async with statement_connection(self._pool, transaction) as connection:
+            await batches.store_batch(connection, batch)
         if on_complete is not None:
             watch = functools.partial(
-                self._batches.watch, checked_domain, checked_batch_id, on_complete
+                self._batches.watch, batch.domain, batch.batch_id, on_complete
             )
             if transaction is None:
                 await watch()
             else:
                 transaction.after_commit(watch)
-        return checked_batch_id
+        return batch.batch_id
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
         """The batch with its counts, or None."""

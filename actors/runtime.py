@@ -22,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 import attrs
+import sniffio
 import trio
 import trio_asyncio
 
@@ -37,7 +38,7 @@ from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
 from triobus.persistence.databases import migrate as apply_migrations
 from triobus.persistence.driver import DriverKind
 from triobus.persistence.embedded import open_embedded_postgres
-from triobus.persistence.errors import BatchNotFoundError, ValidationError
+from triobus.persistence.errors import BatchNotFoundError, InvalidOperationError, ValidationError
 from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
 from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import (
@@ -265,6 +266,7 @@ async def open_runtime(
     under `batch_callback_timeout`; watched batches are reconciled with the database every
     `batch_reconcile_interval` seconds in case a notification was lost.
     """
+    _check_running_on_trio("open_runtime")
     if dsn is not None:
         check_dsn(dsn)
     options = RuntimeOptions(
@@ -318,6 +320,20 @@ async def open_runtime(
         if sole is None:
             raise
         raise sole from None
+
+
+def _check_running_on_trio(what: str) -> None:
+    """Raise one clear error when called from asyncio (or anything but Trio)."""
+    try:
+        library: str | None = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library != "trio":
+        raise InvalidOperationError(
+            f"{what} runs on Trio, not on {library or 'this event loop'}: from asyncio or"
+            " sync code, send commands with triobus.persistence.producer (on your own"
+            " psycopg connection) and run the workers in a Trio process"
+        )
 
 
 def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

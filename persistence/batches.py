@@ -17,8 +17,12 @@ from psycopg.types.json import Jsonb
 from triobus.persistence.audit import insert_sent_events
 from triobus.persistence.batch_counts import FINAL_BATCH_STATUSES
 from triobus.persistence.connection import Connection
-from triobus.persistence.errors import DuplicateBatchError
-from triobus.persistence.new_commands import NewCommand
+from triobus.persistence.errors import (
+    DuplicateBatchError,
+    DuplicateCommandError,
+    UniqueViolationError,
+)
+from triobus.persistence.new_commands import NewBatch, NewCommand
 from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import BatchMetadata, BatchStatus
 
@@ -114,6 +118,31 @@ async def insert_batch(
     rows = _copy_rows(commands, batch_id, row["created_at"])
     await conn.copy_rows(COPY_COMMANDS, rows, types=COPY_COMMAND_TYPES)
     await conn.execute(SENT_EVENTS_OF_BATCH, {"domain": domain, "batch_id": batch_id})
+
+
+async def store_batch(conn: Connection, batch: NewBatch) -> None:
+    """Insert a validated batch with all its commands, all or nothing, in
+    `conn.transaction()` (its own transaction, or a savepoint in the caller's: a failure
+    leaves that transaction usable).
+
+    Raises `DuplicateBatchError` if the batch id is taken, `DuplicateCommandError`
+    naming a command id that is (also when two writers race).
+    """
+    try:
+        async with conn.transaction():
+            await insert_batch(
+                conn,
+                batch.domain,
+                batch.batch_id,
+                batch.commands,
+                name=batch.name,
+                custom_data_json=batch.custom_data_json,
+            )
+    except UniqueViolationError:
+        taken = await first_stored_command(
+            conn, batch.domain, [c.command_id for c in batch.commands]
+        )
+        raise DuplicateCommandError(batch.domain, taken or "(unknown)") from None
 
 
 async def first_stored_command(

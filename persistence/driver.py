@@ -15,7 +15,7 @@ Both implement `DriverConnection`: the statements' `Connection` seam plus what t
 and the notifier need. All connections run in autocommit mode; `transaction()` issues
 BEGIN/COMMIT, and rolls back (shielded from cancellation, bounded by
 `DriverOptions.rollback_timeout`) when its block raises or is cancelled. psycopg errors
-are translated into the triobus hierarchy here and nowhere else.
+become triobus errors through `connection.translated_errors`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import logging
 import select
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -42,11 +42,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conni
 from psycopg.rows import DictRow, dict_row
 from psycopg.waiting import Ready, Wait
 
-from triobus.persistence.connection import Connection, Params, ParamSet, Row
+from triobus.persistence.connection import Connection, Params, ParamSet, Row, translated_errors
 from triobus.persistence.errors import (
     DatabaseError,
-    DatabaseUnavailableError,
-    UniqueViolationError,
 )
 from triobus.persistence.validation import check_seconds, checked_by
 
@@ -114,23 +112,6 @@ class Notification:
     channel: str
     payload: str
     pid: int
-
-
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    """Re-raise psycopg errors as triobus errors (the only place that maps them)."""
-    try:
-        yield
-    except pg_errors.UniqueViolation as ex:
-        raise UniqueViolationError(str(ex), constraint=ex.diag.constraint_name) from ex
-    except (psycopg.OperationalError, psycopg.InterfaceError) as ex:
-        if isinstance(ex, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
-            raise DatabaseError(str(ex), sqlstate=ex.sqlstate) from ex
-        raise DatabaseUnavailableError(str(ex), sqlstate=ex.sqlstate) from ex
-    except psycopg.Error as ex:
-        raise DatabaseError(str(ex), sqlstate=ex.sqlstate) from ex
-    except UnicodeError as ex:  # a str psycopg cannot encode, e.g. with a lone surrogate
-        raise DatabaseError(f"a value cannot be encoded for PostgreSQL: {ex}") from ex
 
 
 class DriverConnection(Connection):
@@ -348,30 +329,30 @@ class NativeConnection(DriverConnection):
 
     @classmethod
     async def connect(cls, dsn: str, options: DriverOptions) -> NativeConnection:
-        with _translated_errors():
+        with translated_errors():
             conn = await _TrioAsyncConnection.connect_trio(dsn, cancel_grace=options.cancel_grace)
             return cls(conn, options)
 
     async def execute(self, sql: str, params: Params = None) -> int:
-        with _translated_errors():
+        with translated_errors():
             cur = self._conn.cursor()
             await cur.execute(sql, params)
             return cur.rowcount
 
     async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
-        with _translated_errors():
+        with translated_errors():
             cur = self._conn.cursor()
             await cur.execute(sql, params)
             return await cur.fetchall()
 
     async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
-        with _translated_errors():
+        with translated_errors():
             await self._conn.cursor().executemany(sql, params_seq)
 
     async def copy_rows(
         self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
     ) -> None:
-        with _translated_errors():
+        with translated_errors():
             async with self._conn.cursor().copy(sql) as copy:
                 if types is not None:
                     copy.set_types(list(types))
@@ -379,7 +360,7 @@ class NativeConnection(DriverConnection):
                     await copy.write_row(row)
 
     async def wait_notifications(self, timeout: float) -> list[Notification]:
-        with _translated_errors():
+        with translated_errors():
             found = [n async for n in self._conn.notifies(timeout=timeout, stop_after=1)]
             if found:
                 found += [n async for n in self._conn.notifies(timeout=0)]
@@ -419,7 +400,7 @@ class ThreadConnection(DriverConnection):
     @classmethod
     async def connect(cls, dsn: str, options: DriverOptions) -> ThreadConnection:
         def connect() -> psycopg.Connection[DictRow]:
-            with _translated_errors():
+            with translated_errors():
                 return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
 
         return cls(await trio.to_thread.run_sync(connect, abandon_on_cancel=True), options)
@@ -428,7 +409,7 @@ class ThreadConnection(DriverConnection):
         abandoned = threading.Event()
 
         def translated() -> RV:
-            with self._running, _translated_errors():
+            with self._running, translated_errors():
                 if abandoned.is_set():
                     raise _AbandonedCallError  # nobody waits for it any more
                 return fn()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from uuid import UUID
@@ -20,6 +21,7 @@ from triobus.persistence.validation import (
     check_int_in_range,
     check_name,
     check_schedule,
+    check_text,
     check_uuid,
     encode_payload,
 )
@@ -176,3 +178,56 @@ def new_batch_commands(
     if not validated:
         raise ValidationError(f"a batch needs at least one command ({context})")
     return validated
+
+
+@attrs.frozen
+class NewBatch:
+    """A validated batch, ready to insert: its commands checked as sends are."""
+
+    domain: str
+    batch_id: UUID
+    name: str | None
+    custom_data_json: str | None
+    commands: list[NewCommand]
+
+    @property
+    def context(self) -> str:
+        return f"domain {self.domain!r}, batch {self.batch_id}"
+
+
+def new_batch(
+    domain: object,
+    commands: object,
+    *,
+    batch_id: object = None,
+    name: object = None,
+    custom_data: object = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> NewBatch:
+    """Validate everything `create_batch` takes; a batch id is generated when none is given."""
+    checked_domain = check_name("domain", domain)
+    checked_batch_id = (
+        uuid.uuid4()
+        if batch_id is None
+        else check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+    )
+    context = f"domain {checked_domain!r}, batch {checked_batch_id}"
+    return NewBatch(
+        domain=checked_domain,
+        batch_id=checked_batch_id,
+        name=None if name is None else check_text("name", name, max_length=200, context=context),
+        custom_data_json=(
+            None
+            if custom_data is None
+            else encode_payload(
+                "custom_data", custom_data, max_bytes=max_payload_bytes, context=context
+            )
+        ),
+        commands=new_batch_commands(
+            checked_domain,
+            checked_batch_id,
+            commands,
+            max_payload_bytes=max_payload_bytes,
+            context=context,
+        ),
+    )

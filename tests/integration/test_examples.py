@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -44,3 +45,18 @@ async def test_worker_example_runs_every_outcome(triobus_dsn: str) -> None:
     assert "PlaceOrder  FAILED" in out
     assert "ChargeCard  COMPLETED attempts=3" in out
     assert "reply FAILED" in out
+
+
+@pytest.mark.parametrize("example", ["producer_sync.py", "producer_asyncio.py"])
+async def test_a_producer_outside_trio_feeds_a_trio_worker_process(
+    example: str, triobus_dsn: str
+) -> None:
+    out = await run_example(example, triobus_dsn)
+    assert out.splitlines() == [
+        "order for book and its command: committed together",
+        "payment for lamp declined: neither the order nor its command was stored",
+        "a batch of 2 pens: committed",
+        "worker: book COMPLETED",
+        "worker: pen 1 COMPLETED",
+        "worker: pen 2 COMPLETED",
+    ]

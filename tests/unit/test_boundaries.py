@@ -23,6 +23,7 @@ TRIO_FREE = (
     "new_commands",
     "notifications",
     "outage",
+    "producer",
     "queue",
     "records",
     "replies",

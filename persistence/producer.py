@@ -1,0 +1,286 @@
+"""Sending commands from code that does not run on Trio: sync and asyncio producers that
+write on the application's own psycopg 3 connection.
+
+    import psycopg
+    from triobus.persistence import producer
+
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute("INSERT INTO orders (id) VALUES (%s)", (order_id,))
+        producer.send(conn, "shop", "ShipOrder", uuid.uuid4(), {"order": str(order_id)})
+    # committed: the order and its command together; Trio workers wake on the commit
+
+`send` and `create_batch` take a `psycopg.Connection`; `send_async` and
+`create_batch_async` a `psycopg.AsyncConnection`. They run the statements, validation,
+audit rows and NOTIFY of `bus.send` and `bus.create_batch` (the same code: the statements
+are written against the `Connection` seam, which the two adapters here implement). They
+never commit or roll back the caller's connection: inside its transaction the command
+commits with it; in autocommit mode a send commits at once and a batch in a transaction
+of its own. A duplicate raises `DuplicateCommandError` and leaves the caller's
+transaction usable (a send inserts with ON CONFLICT, a batch runs in a savepoint). A
+connection that is closed, busy or in a failed transaction gets a `ValidationError`
+before anything is written. This module imports no Trio and none of the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import dict_row
+
+from triobus.persistence.batches import store_batch
+from triobus.persistence.commands import insert_command
+from triobus.persistence.connection import Connection, Params, ParamSet, Row, translated_errors
+from triobus.persistence.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    DuplicateBatchError,
+    DuplicateCommandError,
+    TriobusError,
+    ValidationError,
+)
+from triobus.persistence.new_commands import NewCommand, new_batch, new_command
+from triobus.persistence.records import BatchCommand, SendResult
+from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
+
+__all__ = [
+    "BatchCommand",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "DuplicateBatchError",
+    "DuplicateCommandError",
+    "SendResult",
+    "TriobusError",
+    "ValidationError",
+    "create_batch",
+    "create_batch_async",
+    "send",
+    "send_async",
+]
+
+T = TypeVar("T")
+
+_UNUSABLE = {
+    pq.TransactionStatus.INERROR: "in a failed transaction (roll it back first)",
+    pq.TransactionStatus.ACTIVE: "running a statement",
+    pq.TransactionStatus.UNKNOWN: "in an unknown state (broken)",
+}
+
+
+def _check_connection(
+    conn: object, kind: type[psycopg.Connection[Any] | psycopg.AsyncConnection[Any]], context: str
+) -> None:
+    if not isinstance(conn, kind):
+        raise ValidationError(
+            f"conn must be a {kind.__module__}.{kind.__name__}, got {type(conn).__name__}"
+            f" ({context})"
+        )
+    if conn.closed:
+        raise ValidationError(f"conn is closed ({context})")
+    problem = _UNUSABLE.get(conn.info.transaction_status)
+    if problem is not None:
+        raise ValidationError(f"conn is {problem} ({context})")
+
+
+class _SyncConnection(Connection):
+    """A `psycopg.Connection` behind the seam: each await completes without suspending,
+    so a statement function runs to its end in one step (`_completed`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = None) -> int:
+        with translated_errors():
+            return self._conn.cursor(row_factory=dict_row).execute(sql, params).rowcount
+
+    async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
+        with translated_errors():
+            return self._conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
+
+    async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
+        with translated_errors():
+            self._conn.cursor().executemany(sql, params_seq)
+
+    async def copy_rows(
+        self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
+    ) -> None:
+        with translated_errors(), self._conn.cursor().copy(sql) as copy:
+            if types is not None:
+                copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SyncConnection]:
+        """psycopg's own: a savepoint inside a transaction, else BEGIN ... COMMIT."""
+        with translated_errors(), self._conn.transaction():
+            yield self
+
+
+class _AsyncioConnection(Connection):
+    """A `psycopg.AsyncConnection` behind the seam."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = None) -> int:
+        with translated_errors():
+            cursor = await self._conn.cursor(row_factory=dict_row).execute(sql, params)
+            return cursor.rowcount
+
+    async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
+        with translated_errors():
+            cursor = await self._conn.cursor(row_factory=dict_row).execute(sql, params)
+            return await cursor.fetchall()
+
+    async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
+        with translated_errors():
+            await self._conn.cursor().executemany(sql, params_seq)
+
+    async def copy_rows(
+        self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
+    ) -> None:
+        with translated_errors():
+            async with self._conn.cursor().copy(sql) as copy:
+                if types is not None:
+                    copy.set_types(list(types))
+                for row in rows:
+                    await copy.write_row(row)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_AsyncioConnection]:
+        """psycopg's own: a savepoint inside a transaction, else BEGIN ... COMMIT."""
+        with translated_errors():
+            async with self._conn.transaction():
+                yield self
+
+
+def _completed(statement: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never suspends (it awaits only `_SyncConnection`)."""
+    try:
+        statement.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    statement.close()
+    raise AssertionError("a statement on a sync connection suspended")
+
+
+def send(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    command_type: str,
+    command_id: UUID | str,
+    data: dict[str, object],
+    *,
+    correlation_id: UUID | str | None = None,
+    reply_to: str | None = None,
+    max_attempts: int | None = None,
+    delay: float | None = None,
+    not_before: datetime | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> SendResult:
+    """`bus.send` on the caller's sync connection (see the module docstring)."""
+    command = new_command(
+        domain,
+        command_type,
+        command_id,
+        data,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        max_attempts=max_attempts,
+        delay=delay,
+        not_before=not_before,
+        max_payload_bytes=max_payload_bytes,
+    )
+    _check_connection(conn, psycopg.Connection, _context_of(command))
+    return _completed(insert_command(_SyncConnection(conn), command))
+
+
+async def send_async(
+    conn: psycopg.AsyncConnection[Any],
+    domain: str,
+    command_type: str,
+    command_id: UUID | str,
+    data: dict[str, object],
+    *,
+    correlation_id: UUID | str | None = None,
+    reply_to: str | None = None,
+    max_attempts: int | None = None,
+    delay: float | None = None,
+    not_before: datetime | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> SendResult:
+    """`bus.send` on the caller's asyncio connection (see the module docstring)."""
+    command = new_command(
+        domain,
+        command_type,
+        command_id,
+        data,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        max_attempts=max_attempts,
+        delay=delay,
+        not_before=not_before,
+        max_payload_bytes=max_payload_bytes,
+    )
+    _check_connection(conn, psycopg.AsyncConnection, _context_of(command))
+    return await insert_command(_AsyncioConnection(conn), command)
+
+
+def create_batch(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    commands: Iterable[BatchCommand],
+    *,
+    batch_id: UUID | str | None = None,
+    name: str | None = None,
+    custom_data: dict[str, object] | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> UUID:
+    """`bus.create_batch` on the caller's sync connection, without a callback (a worker
+    process's batch actors, or `get_batch`, follow it). Returns the batch id."""
+    batch = new_batch(
+        domain,
+        commands,
+        batch_id=batch_id,
+        name=name,
+        custom_data=custom_data,
+        max_payload_bytes=max_payload_bytes,
+    )
+    _check_connection(conn, psycopg.Connection, batch.context)
+    _completed(store_batch(_SyncConnection(conn), batch))
+    return batch.batch_id
+
+
+async def create_batch_async(
+    conn: psycopg.AsyncConnection[Any],
+    domain: str,
+    commands: Iterable[BatchCommand],
+    *,
+    batch_id: UUID | str | None = None,
+    name: str | None = None,
+    custom_data: dict[str, object] | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> UUID:
+    """`create_batch` on the caller's asyncio connection."""
+    batch = new_batch(
+        domain,
+        commands,
+        batch_id=batch_id,
+        name=name,
+        custom_data=custom_data,
+        max_payload_bytes=max_payload_bytes,
+    )
+    _check_connection(conn, psycopg.AsyncConnection, batch.context)
+    await store_batch(_AsyncioConnection(conn), batch)
+    return batch.batch_id
+
+
+def _context_of(command: NewCommand) -> str:
+    return f"domain {command.domain!r}, command {command.command_id}"
