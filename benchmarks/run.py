@@ -15,6 +15,9 @@ running benchmarks/worker_process.py. Scenarios:
   from the audit trail's timestamps (one clock: the database's);
 * callback latency: the BATCH_COMPLETED commit in a worker process -> the callback
   running in this process, over many one-command batches;
+* sends: sends one after another on one connection, alone and inside the application's
+  own transaction (one INSERT), through the bus and through the sync and asyncio producers
+  (benchmarks/producer_sends.py, a process without Trio);
 * create_batch: 100,000 commands, seconds and the creating process's peak RSS;
 * memory (--long): worker RSS at start, after 100k and after 1M commands;
 * peers: the throughput scenario's 20,000 no-op jobs, processing phase only (enqueued
@@ -23,7 +26,8 @@ running benchmarks/worker_process.py. Scenarios:
   of the separate benchmark environment .venv-bench, which `./run bench` creates), for
   triobus itself measured the same way, and the pgbench ceiling for the equivalent SQL.
 
-Scenario names for --only: throughput, cost, latency, callback, create_batch, memory, peers.
+Scenario names for --only: throughput, cost, latency, callback, sends, create_batch, memory,
+peers.
 """
 
 from __future__ import annotations
@@ -348,6 +352,84 @@ class Bench:
             (batch_id,),
         )
         return float((called[0] - row["occurred_at"]).total_seconds() * 1000)
+
+    async def sends(self, count: int = 2000) -> None:
+        """Sends one after another on one connection: the bus's own, in the application's
+        transaction after one INSERT of its own, and the producers' (outside Trio)."""
+        rates: dict[str, list[float]] = {}
+        for _ in range(self.runs):
+            async with self.database() as dsn:
+                for name, rate in (await self._trio_sends(dsn, count)).items():
+                    rates.setdefault(f"trio {name}", []).append(rate)
+                for mode in ("sync", "asyncio"):
+                    result = await trio.run_process(
+                        [sys.executable, str(HERE / "producer_sends.py"), dsn, str(count), mode],
+                        capture_stdout=True,
+                    )
+                    for name, rate in json.loads(result.stdout.decode()).items():
+                        rates.setdefault(f"{mode} {name}", []).append(rate)
+        rows = []
+        for api, label in (
+            ("trio", "Trio: `bus.send` / `runtime.transaction()`"),
+            ("sync", "sync: `producer.send` on psycopg.Connection"),
+            ("asyncio", "asyncio: `producer.send_async` on psycopg.AsyncConnection"),
+        ):
+            alone = statistics.median(rates[f"{api} transaction_only"])
+            joined = statistics.median(rates[f"{api} in_transaction"])
+            single = statistics.median(rates[f"{api} autocommit"])
+            rows.append(
+                [
+                    label,
+                    summary(rates[f"{api} autocommit"]),
+                    summary(rates[f"{api} transaction_only"]),
+                    summary(rates[f"{api} in_transaction"]),
+                    f"{1000 / joined - 1000 / alone:.2f} ({1000 / single:.2f})",
+                ]
+            )
+        self.section(
+            f"Sends: {count:,} one after another on one connection, each kind in turn",
+            [
+                "API",
+                "sends/s, autocommit",
+                "application transactions/s: BEGIN, 1 INSERT, COMMIT",
+                "the same with a send in it",
+                "ms the send adds to the transaction (ms of one send alone)",
+            ],
+            rows,
+            "A send in the application's transaction adds one statement, its INSERT, to it;"
+            " it costs what one send alone costs, less a commit.",
+        )
+
+    @staticmethod
+    async def _trio_sends(dsn: str, count: int) -> dict[str, float]:
+        async with open_runtime(dsn, migrate=False, pool_size=1) as runtime:
+            async with runtime.transaction() as conn:
+                await conn.execute("CREATE TABLE bench_order (id uuid PRIMARY KEY)")
+            insert = "INSERT INTO bench_order VALUES (%s)"
+
+            async def send() -> None:
+                await runtime.bus.send("bench", "Noop", uuid.uuid4(), {})
+
+            async def order_only() -> None:
+                async with runtime.transaction() as conn:
+                    await conn.execute(insert, (uuid.uuid4(),))
+
+            async def order_and_send() -> None:
+                async with runtime.transaction() as conn:
+                    await conn.execute(insert, (uuid.uuid4(),))
+                    await runtime.bus.send("bench", "Noop", uuid.uuid4(), {}, conn=conn)
+
+            rates = {}
+            for name, step in (
+                ("autocommit", send),
+                ("transaction_only", order_only),
+                ("in_transaction", order_and_send),
+            ):
+                started = time.perf_counter()
+                for _ in range(count):
+                    await step()
+                rates[name] = count / (time.perf_counter() - started)
+            return rates
 
     async def create_batch(self) -> None:
         seconds, building, peaks = [], [], []
@@ -718,7 +800,16 @@ def machine() -> str:
     )
 
 
-SCENARIOS = ("throughput", "cost", "latency", "callback", "create_batch", "memory", "peers")
+SCENARIOS = (
+    "throughput",
+    "cost",
+    "latency",
+    "callback",
+    "sends",
+    "create_batch",
+    "memory",
+    "peers",
+)
 
 
 async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None:
@@ -743,6 +834,7 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
             "cost": bench.cost_per_command,
             "latency": bench.latency,
             "callback": bench.callback_latency,
+            "sends": bench.sends,
             "create_batch": bench.create_batch,
             "memory": bench.memory,
             "peers": bench.peers,
