@@ -81,7 +81,8 @@ def test_the_ids_of_one_batch_are_distinct_and_not_those_of_another() -> None:
 def test_generated_correlation_ids_are_uuid7_ordered_by_their_millisecond() -> None:
     before = time.time_ns() // 1_000_000
     first = new_command("d", "T", uuid.uuid4(), {}).correlation_id
-    while time.time_ns() // 1_000_000 == before:  # until the next millisecond
+    # until the millisecond after first's (which may already be later than `before`)
+    while time.time_ns() // 1_000_000 <= first.int >> 80:
         pass
     later = [new_command("d", "T", uuid.uuid4(), {}).correlation_id for _ in range(100)]
     after = time.time_ns() // 1_000_000
