@@ -64,8 +64,9 @@ class Running:
 
 
 @pytest.fixture
-async def running(nursery: trio.Nursery) -> AsyncIterator[Running]:
-    """A pool of 2 handlers, a timeout of 1 s, with room for 10 waiting commands."""
+async def running(nursery: trio.Nursery, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    """A pool of 2 handlers with room for 10 waiting commands, and a handler timeout of
+    a minute (or `request.param` seconds, for the test that times one out)."""
     handlers = Handlers()
     registry = HandlerRegistry()
     registry.register("d", "Work", handlers.work)
@@ -77,7 +78,7 @@ async def running(nursery: trio.Nursery) -> AsyncIterator[Running]:
         in_flight=in_flight,
         concurrency=2,
         retry_policy=RetryPolicy(backoff=(1.0,)),
-        handler_timeout=1.0,
+        handler_timeout=getattr(request, "param", 60.0),
         max_result_bytes=1000,
     )
     work_send, work_receive = trio.open_memory_channel[ClaimedCommand](10)
@@ -115,6 +116,7 @@ async def test_at_most_concurrency_handlers_run_and_each_run_becomes_a_result(
     assert (running.in_flight.waiting, running.in_flight.running) == (0, 0)
 
 
+@pytest.mark.parametrize("running", [0.2], indirect=True)
 async def test_a_missing_handler_and_a_timeout_become_their_outcomes(running: Running) -> None:
     give(running, claim("Unknown"), claim("Slow"))
     with trio.fail_after(10):
