@@ -103,8 +103,7 @@ class CommandBus:
             not_before=not_before,
             max_payload_bytes=self.max_payload_bytes,
         )
-        context = f"domain {command.domain!r}, command {command.command_id}"
-        transaction = joined(conn, self._pool, context)
+        transaction = joined(conn, self._pool, command.context)
         async with statement_connection(self._pool, transaction) as connection:
             return await commands.insert_command(connection, command)
 

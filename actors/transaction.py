@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from triobus.persistence.connection import Connection, Params, ParamSet, Row
-from triobus.persistence.driver import DriverConnection, TransactionState
+from triobus.persistence.connection import Connection, Params, ParamSet, Row, TransactionState
+from triobus.persistence.driver import DriverConnection
 from triobus.persistence.errors import DatabaseError, InvalidOperationError, ValidationError
 from triobus.persistence.pool import ConnectionPool
 
@@ -88,7 +88,7 @@ class Transaction(Connection):
         if state is not TransactionState.IN_TRANSACTION:
             raise ValidationError(
                 f"conn's connection is {state}, not in a usable transaction"
-                f"{_HINTS.get(state, '')} ({context})"
+                f"{_WHY_NOT_JOINABLE.get(state, state.why_unusable)} ({context})"
             )
 
     def _usable(self) -> DriverConnection:
@@ -102,11 +102,8 @@ class Transaction(Connection):
         return actions
 
 
-_HINTS = {
-    TransactionState.FAILED: ": a statement in it failed, so it can only roll back",
-    TransactionState.IDLE: ": it was committed or rolled back by hand",
-    TransactionState.BUSY: ": another task is running a statement on it",
-}
+# A Transaction's connection is idle only if the block committed or rolled back by hand.
+_WHY_NOT_JOINABLE = {TransactionState.IDLE: ": it was committed or rolled back by hand"}
 
 
 def joined(conn: object, pool: ConnectionPool, context: str) -> Transaction | None:
@@ -131,21 +128,6 @@ async def statement_connection(
         yield conn
         return
     async with pool.connection() as own:
-        yield own
-
-
-@asynccontextmanager
-async def atomic_connection(
-    pool: ConnectionPool, conn: Transaction | None
-) -> AsyncIterator[Connection]:
-    """A block whose writes are all or nothing: a savepoint in the application's
-    transaction if given (its failure leaves that transaction usable), else a pooled
-    connection's own transaction."""
-    if conn is not None:
-        async with conn.transaction() as savepoint:
-            yield savepoint
-        return
-    async with pool.transaction() as own:
         yield own
 
 

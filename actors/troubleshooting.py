@@ -15,7 +15,6 @@ from uuid import UUID
 from triobus.actors.messages import OnChanges
 from triobus.actors.transaction import (
     Transaction,
-    atomic_connection,
     joined,
     statement_connection,
 )
@@ -211,7 +210,8 @@ class TroubleshootingQueue:
         result_json: str | None = None,
         conn: Transaction | None,
     ) -> None:
-        async with atomic_connection(self._pool, conn) as connection:
+        # A transaction of its own, or a savepoint in the caller's (left usable if it fails).
+        async with statement_connection(self._pool, conn) as connection, connection.transaction():
             status = await lock_command_status(connection, domain, command_id)
             if status is None:
                 raise CommandNotFoundError(domain, command_id)

@@ -42,7 +42,20 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conni
 from psycopg.rows import DictRow, dict_row
 from psycopg.waiting import Ready, Wait
 
-from triobus.persistence.connection import Connection, Params, ParamSet, Row, translated_errors
+from triobus.persistence.connection import (
+    AsyncPsycopgConnection,
+    Connection,
+    Params,
+    ParamSet,
+    Row,
+    TransactionState,
+    copy_rows_sync,
+    execute_many_sync,
+    execute_sync,
+    fetch_all_sync,
+    transaction_state_of,
+    translated_errors,
+)
 from triobus.persistence.errors import (
     DatabaseError,
 )
@@ -53,32 +66,6 @@ logger = logging.getLogger(__name__)
 RV = TypeVar("RV")
 
 _ACTIVE = pq.TransactionStatus.ACTIVE
-
-
-class TransactionState(enum.StrEnum):
-    """Where a connection stands, as libpq knows it (no round trip)."""
-
-    IDLE = "idle"  # outside a transaction
-    IN_TRANSACTION = "in a transaction"
-    FAILED = "in a failed transaction"  # a statement failed: only ROLLBACK is accepted
-    BUSY = "running a statement"
-    CLOSED = "closed"
-
-
-_STATES = {
-    pq.TransactionStatus.IDLE: TransactionState.IDLE,
-    pq.TransactionStatus.INTRANS: TransactionState.IN_TRANSACTION,
-    pq.TransactionStatus.INERROR: TransactionState.FAILED,
-    pq.TransactionStatus.ACTIVE: TransactionState.BUSY,
-}
-
-
-def _state_of(
-    conn: psycopg.Connection[DictRow] | psycopg.AsyncConnection[DictRow],
-) -> TransactionState:
-    if conn.closed:
-        return TransactionState.CLOSED
-    return _STATES.get(conn.info.transaction_status, TransactionState.CLOSED)
 
 
 class DriverKind(enum.StrEnum):
@@ -318,7 +305,7 @@ class _TrioAsyncConnection(psycopg.AsyncConnection[DictRow]):
             raise pg_errors.CancellationTimeout("cancellation timeout expired")
 
 
-class NativeConnection(DriverConnection):
+class NativeConnection(AsyncPsycopgConnection, DriverConnection):
     """`DriverConnection` over psycopg's AsyncConnection driven natively by Trio."""
 
     def __init__(self, conn: _TrioAsyncConnection, options: DriverOptions) -> None:
@@ -333,32 +320,6 @@ class NativeConnection(DriverConnection):
             conn = await _TrioAsyncConnection.connect_trio(dsn, cancel_grace=options.cancel_grace)
             return cls(conn, options)
 
-    async def execute(self, sql: str, params: Params = None) -> int:
-        with translated_errors():
-            cur = self._conn.cursor()
-            await cur.execute(sql, params)
-            return cur.rowcount
-
-    async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
-        with translated_errors():
-            cur = self._conn.cursor()
-            await cur.execute(sql, params)
-            return await cur.fetchall()
-
-    async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
-        with translated_errors():
-            await self._conn.cursor().executemany(sql, params_seq)
-
-    async def copy_rows(
-        self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
-    ) -> None:
-        with translated_errors():
-            async with self._conn.cursor().copy(sql) as copy:
-                if types is not None:
-                    copy.set_types(list(types))
-                for row in rows:
-                    await copy.write_row(row)
-
     async def wait_notifications(self, timeout: float) -> list[Notification]:
         with translated_errors():
             found = [n async for n in self._conn.notifies(timeout=timeout, stop_after=1)]
@@ -367,7 +328,7 @@ class NativeConnection(DriverConnection):
             return [Notification(n.channel, n.payload, n.pid) for n in found]
 
     def transaction_state(self) -> TransactionState:
-        return _state_of(self._conn)
+        return transaction_state_of(self._conn)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -437,34 +398,18 @@ class ThreadConnection(DriverConnection):
             conn.pgconn.finish()
 
     async def execute(self, sql: str, params: Params = None) -> int:
-        def run() -> int:
-            return self._conn.execute(sql, params).rowcount
-
-        return await self._call(run)
+        return await self._call(partial(execute_sync, self._conn, sql, params))
 
     async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
-        def run() -> list[Row]:
-            return self._conn.execute(sql, params).fetchall()
-
-        return await self._call(run)
+        return await self._call(partial(fetch_all_sync, self._conn, sql, params))
 
     async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
-        def run() -> None:
-            self._conn.cursor().executemany(sql, params_seq)
-
-        await self._call(run)
+        await self._call(partial(execute_many_sync, self._conn, sql, params_seq))
 
     async def copy_rows(
         self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
     ) -> None:
-        def run() -> None:
-            with self._conn.cursor().copy(sql) as copy:
-                if types is not None:
-                    copy.set_types(list(types))
-                for row in rows:
-                    copy.write_row(row)
-
-        await self._call(run)
+        await self._call(partial(copy_rows_sync, self._conn, sql, rows, types))
 
     async def wait_notifications(self, timeout: float) -> list[Notification]:
         """Waits in slices of at most `options.thread_wait_slice`: a thread blocked in
@@ -486,7 +431,7 @@ class ThreadConnection(DriverConnection):
                 return found
 
     def transaction_state(self) -> TransactionState:
-        return _state_of(self._conn)
+        return transaction_state_of(self._conn)
 
     async def close(self) -> None:
         self._conn.close()

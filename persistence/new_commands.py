@@ -41,6 +41,11 @@ class NewCommand:
     delay: float | None = None
     not_before: datetime | None = None
 
+    @property
+    def context(self) -> str:
+        """How errors name this command."""
+        return f"domain {self.domain!r}, command {self.command_id}"
+
 
 class CorrelationIds:
     """UUIDv7 values (RFC 9562) for one send or one batch: 48 bits of Unix time in
@@ -192,7 +197,12 @@ class NewBatch:
 
     @property
     def context(self) -> str:
-        return f"domain {self.domain!r}, batch {self.batch_id}"
+        return _batch_context(self.domain, self.batch_id)
+
+
+def _batch_context(domain: str, batch_id: UUID) -> str:
+    """How errors name a batch."""
+    return f"domain {domain!r}, batch {batch_id}"
 
 
 def new_batch(
@@ -211,7 +221,7 @@ def new_batch(
         if batch_id is None
         else check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
     )
-    context = f"domain {checked_domain!r}, batch {checked_batch_id}"
+    context = _batch_context(checked_domain, checked_batch_id)
     return NewBatch(
         domain=checked_domain,
         batch_id=checked_batch_id,

@@ -30,12 +30,23 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg import pq
-from psycopg.rows import dict_row
 
 from triobus.persistence.batches import store_batch
 from triobus.persistence.commands import insert_command
-from triobus.persistence.connection import Connection, Params, ParamSet, Row, translated_errors
+from triobus.persistence.connection import (
+    AsyncPsycopgConnection,
+    Connection,
+    Params,
+    ParamSet,
+    Row,
+    TransactionState,
+    copy_rows_sync,
+    execute_many_sync,
+    execute_sync,
+    fetch_all_sync,
+    transaction_state_of,
+    translated_errors,
+)
 from triobus.persistence.errors import (
     DatabaseError,
     DatabaseUnavailableError,
@@ -44,7 +55,7 @@ from triobus.persistence.errors import (
     TriobusError,
     ValidationError,
 )
-from triobus.persistence.new_commands import NewCommand, new_batch, new_command
+from triobus.persistence.new_commands import new_batch, new_command
 from triobus.persistence.records import BatchCommand, SendResult
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -65,12 +76,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-_UNUSABLE = {
-    pq.TransactionStatus.INERROR: "in a failed transaction (roll it back first)",
-    pq.TransactionStatus.ACTIVE: "running a statement",
-    pq.TransactionStatus.UNKNOWN: "in an unknown state (broken)",
-}
-
 
 def _check_connection(
     conn: object, kind: type[psycopg.Connection[Any] | psycopg.AsyncConnection[Any]], context: str
@@ -80,11 +85,9 @@ def _check_connection(
             f"conn must be a {kind.__module__}.{kind.__name__}, got {type(conn).__name__}"
             f" ({context})"
         )
-    if conn.closed:
-        raise ValidationError(f"conn is closed ({context})")
-    problem = _UNUSABLE.get(conn.info.transaction_status)
-    if problem is not None:
-        raise ValidationError(f"conn is {problem} ({context})")
+    state = transaction_state_of(conn)
+    if state not in (TransactionState.IDLE, TransactionState.IN_TRANSACTION):
+        raise ValidationError(f"conn is {state}{state.why_unusable} ({context})")
 
 
 class _SyncConnection(Connection):
@@ -95,25 +98,18 @@ class _SyncConnection(Connection):
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = None) -> int:
-        with translated_errors():
-            return self._conn.cursor(row_factory=dict_row).execute(sql, params).rowcount
+        return execute_sync(self._conn, sql, params)
 
     async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
-        with translated_errors():
-            return self._conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
+        return fetch_all_sync(self._conn, sql, params)
 
     async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
-        with translated_errors():
-            self._conn.cursor().executemany(sql, params_seq)
+        execute_many_sync(self._conn, sql, params_seq)
 
     async def copy_rows(
         self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
     ) -> None:
-        with translated_errors(), self._conn.cursor().copy(sql) as copy:
-            if types is not None:
-                copy.set_types(list(types))
-            for row in rows:
-                copy.write_row(row)
+        copy_rows_sync(self._conn, sql, rows, types)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SyncConnection]:
@@ -122,35 +118,11 @@ class _SyncConnection(Connection):
             yield self
 
 
-class _AsyncioConnection(Connection):
+class _AsyncioConnection(AsyncPsycopgConnection):
     """A `psycopg.AsyncConnection` behind the seam."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
-
-    async def execute(self, sql: str, params: Params = None) -> int:
-        with translated_errors():
-            cursor = await self._conn.cursor(row_factory=dict_row).execute(sql, params)
-            return cursor.rowcount
-
-    async def fetch_all(self, sql: str, params: Params = None) -> list[Row]:
-        with translated_errors():
-            cursor = await self._conn.cursor(row_factory=dict_row).execute(sql, params)
-            return await cursor.fetchall()
-
-    async def execute_many(self, sql: str, params_seq: Iterable[ParamSet]) -> None:
-        with translated_errors():
-            await self._conn.cursor().executemany(sql, params_seq)
-
-    async def copy_rows(
-        self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
-    ) -> None:
-        with translated_errors():
-            async with self._conn.cursor().copy(sql) as copy:
-                if types is not None:
-                    copy.set_types(list(types))
-                for row in rows:
-                    await copy.write_row(row)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_AsyncioConnection]:
@@ -198,7 +170,7 @@ def send(
         not_before=not_before,
         max_payload_bytes=max_payload_bytes,
     )
-    _check_connection(conn, psycopg.Connection, _context_of(command))
+    _check_connection(conn, psycopg.Connection, command.context)
     return _completed(insert_command(_SyncConnection(conn), command))
 
 
@@ -229,7 +201,7 @@ async def send_async(
         not_before=not_before,
         max_payload_bytes=max_payload_bytes,
     )
-    _check_connection(conn, psycopg.AsyncConnection, _context_of(command))
+    _check_connection(conn, psycopg.AsyncConnection, command.context)
     return await insert_command(_AsyncioConnection(conn), command)
 
 
@@ -280,7 +252,3 @@ async def create_batch_async(
     _check_connection(conn, psycopg.AsyncConnection, batch.context)
     await store_batch(_AsyncioConnection(conn), batch)
     return batch.batch_id
-
-
-def _context_of(command: NewCommand) -> str:
-    return f"domain {command.domain!r}, command {command.command_id}"
