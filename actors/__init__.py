@@ -21,11 +21,11 @@ Everything an application needs is importable from here::
 import trio_asyncio  # noqa: F401
 
 from triobus.actors.bus import CommandBus
+from triobus.actors.handler_context import HandlerContext
 from triobus.actors.handlers import (
     BusinessRuleError,
     CommandHandlerError,
     HandlerAlreadyRegisteredError,
-    HandlerContext,
     HandlerRegistry,
     PermanentCommandError,
     TransientCommandError,

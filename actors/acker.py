@@ -7,6 +7,10 @@ back-off (the leases guard against writing late); a batch the database refuses f
 another reason is split, so one bad result cannot hold back the others, and a single
 refused result is logged and dropped (its lease expires and it is claimed again). It
 ends when the handlers have closed the channel and every result in it is written.
+
+A transactional handler's completion is written by its own transaction
+(`transactional.py`): it arrives as a `WrittenResult`, which the acker only settles,
+counts and reports to the batch supervisor, like the results it writes itself.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 import trio
 
 from triobus.actors.in_flight import InFlight
-from triobus.actors.messages import OnChanges
+from triobus.actors.messages import AckMessage, OnChanges, WrittenResult
 from triobus.persistence.backoff import backoff_delays
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
 from triobus.persistence.pool import ConnectionPool
@@ -60,7 +64,7 @@ class Acker:
 
     async def run(
         self,
-        ack_receive: trio.MemoryReceiveChannel[HandlerResult],
+        ack_receive: trio.MemoryReceiveChannel[AckMessage],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -78,12 +82,19 @@ class Acker:
                         break
                 await self._write(batch)
 
-    async def _write(self, batch: list[HandlerResult]) -> None:
-        acked = await self._ack_with_retry(batch)
-        self.ack_batches += 1
+    async def _write(self, batch: list[AckMessage]) -> None:
+        to_write = [m for m in batch if isinstance(m, HandlerResult)]
+        written = [m for m in batch if isinstance(m, WrittenResult)]
+        acked: list[CommandChange] = []
+        if to_write:
+            acked += await self._ack_with_retry(to_write)
+            self.ack_batches += 1
+        for message in written:
+            acked += message.changes
+        results = to_write + [m.result for m in written]
         acked_ids = {a.command_id for a in acked}
-        self._in_flight.settled(batch)
-        for result in batch:
+        self._in_flight.settled(results)
+        for result in results:
             if result.command_id in acked_ids:
                 self._count(result)
             else:

@@ -1,7 +1,8 @@
 """The handler pool: one worker's role that runs its handlers, `concurrency` at a time.
 
 Each of its tasks takes one claimed command at a time from the work channel, runs the
-registered handler (through trio-asyncio for `asyncio=True` handlers) under
+registered handler (through trio-asyncio for `asyncio=True` handlers, inside the
+attempt's transaction for `transactional=True` ones: `transactional.py`) under
 `handler_timeout`, and sends what came of it (`outcomes.outcome_of`) to the acker. A
 handler's failure, of whatever kind, is its command's failure; only KeyboardInterrupt and
 SystemExit propagate (the process is asked to stop), as does a cancellation of the pool.
@@ -13,12 +14,15 @@ rest), running handlers may finish within the grace period, then they are cancel
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import trio
 import trio_asyncio
 
-from triobus.actors.handlers import HandlerContext, HandlerRegistry
+from triobus.actors.handler_context import HandlerContext
+from triobus.actors.handlers import Handler, HandlerRegistry
 from triobus.actors.in_flight import InFlight
+from triobus.actors.messages import AckMessage
 from triobus.actors.outcomes import (
     HandlerRun,
     NoHandler,
@@ -28,7 +32,13 @@ from triobus.actors.outcomes import (
     TimedOut,
     outcome_of,
 )
+from triobus.actors.transaction import Transaction
+from triobus.actors.transactional import TransactionSlots
+from triobus.persistence.errors import InvalidOperationError
 from triobus.persistence.queue import ClaimedCommand, HandlerResult
+
+if TYPE_CHECKING:
+    from triobus.actors.bus import CommandBus
 
 
 class HandlerPool:
@@ -44,8 +54,12 @@ class HandlerPool:
         retry_policy: RetryPolicy,
         handler_timeout: float | None,
         max_result_bytes: int,
+        bus: CommandBus | None = None,
+        transactions: TransactionSlots | None = None,
     ) -> None:
         self.domain = domain
+        self._bus = bus
+        self._transactions = transactions
         self._registry = registry
         self._in_flight = in_flight
         self._concurrency = concurrency
@@ -63,7 +77,7 @@ class HandlerPool:
     async def run(
         self,
         work_receive: trio.MemoryReceiveChannel[ClaimedCommand],
-        ack_send: trio.MemorySendChannel[HandlerResult],
+        ack_send: trio.MemorySendChannel[AckMessage],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -77,27 +91,44 @@ class HandlerPool:
     async def _task(
         self,
         work_receive: trio.MemoryReceiveChannel[ClaimedCommand],
-        ack_send: trio.MemorySendChannel[HandlerResult],
+        ack_send: trio.MemorySendChannel[AckMessage],
     ) -> None:
         async with work_receive, ack_send:
             async for claim in work_receive:
                 if self._stopping:
                     continue  # a waiting command is not started: it is released
                 self._in_flight.started()
-                run = await self._run(claim)
-                result = outcome_of(
-                    claim, run, self._retry_policy, max_result_bytes=self._max_result_bytes
-                )
+                message = await self._attempt(claim)
                 self._in_flight.finished()
-                await ack_send.send(result)
+                await ack_send.send(message)
 
-    async def _run(self, claim: ClaimedCommand) -> HandlerRun:
-        command = claim.command
-        handler = self._registry.get(self.domain, command.command_type)
+    async def _attempt(self, claim: ClaimedCommand) -> AckMessage:
+        def result_of(run: HandlerRun) -> HandlerResult:
+            return outcome_of(
+                claim, run, self._retry_policy, max_result_bytes=self._max_result_bytes
+            )
+
+        handler = self._registry.get(self.domain, claim.command.command_type)
         if handler is None:
-            return NoHandler()
+            return result_of(NoHandler())
+        if not handler.transactional:
+            return result_of(await self._run(handler, claim, None))
+        if self._transactions is None:
+            error = InvalidOperationError("this handler pool runs no transactional handler")
+            return result_of(Raised(error))
+        return await self._transactions.run(
+            claim, lambda transaction: self._run(handler, claim, transaction), result_of
+        )
+
+    async def _run(
+        self, handler: Handler, claim: ClaimedCommand, transaction: Transaction | None
+    ) -> HandlerRun:
+        command = claim.command
         context = HandlerContext(
-            attempt=claim.attempt, max_attempts=self._retry_policy.attempts_for(claim)
+            attempt=claim.attempt,
+            max_attempts=self._retry_policy.attempts_for(claim),
+            bus=self._bus,
+            conn=transaction,
         )
         deadline = (
             nullcontext()

@@ -4,6 +4,12 @@ A handler is ``async def handle(command: Command, ctx: HandlerContext) -> Mappin
 The mapping it returns is stored as the command's result. It chooses a failing outcome
 by raising `TransientCommandError`, `PermanentCommandError` or `BusinessRuleError`; any
 other exception counts as transient (the whole table: `outcomes.py`).
+
+Registered with `asyncio=True` it runs on the runtime's asyncio loop (trio-asyncio).
+Registered with `transactional=True` it runs inside a transaction the worker opens for
+the attempt (`ctx.conn`), which commits its writes together with the command's
+completion, and only while the claim's lease is held (`transactional.py`). The two
+cannot be combined: `ctx.conn` is a Trio connection.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from triobus.persistence.errors import TriobusError
+from triobus.actors.handler_context import HandlerContext
+from triobus.persistence.errors import TriobusError, ValidationError
 from triobus.persistence.records import Command
 from triobus.persistence.validation import check_async_callable, check_bool, check_name
 
@@ -53,14 +60,6 @@ class HandlerAlreadyRegisteredError(TriobusError):
         self.command_type = command_type
 
 
-@attrs.frozen
-class HandlerContext:
-    """Which attempt this is (1-based) out of how many."""
-
-    attempt: int
-    max_attempts: int
-
-
 HandlerFn = Callable[[Command, HandlerContext], Awaitable[Mapping[str, Any] | None]]
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,27 +68,38 @@ _MARK = "__triobus_handler__"
 
 @attrs.frozen
 class Handler:
-    """A registered handler; `runs_on_asyncio` handlers run through trio-asyncio."""
+    """A registered handler: `runs_on_asyncio` handlers run through trio-asyncio,
+    `transactional` ones inside the attempt's transaction (module docstring)."""
 
     fn: HandlerFn
-    runs_on_asyncio: bool
+    runs_on_asyncio: bool = False
+    transactional: bool = False
 
 
 def _checked_key(domain: str, command_type: str) -> tuple[str, str]:
     return check_name("domain", domain), check_name("command_type", command_type)
 
 
-def _check_asyncio(key: tuple[str, str], runs_on_asyncio: object) -> None:
-    check_bool("asyncio", runs_on_asyncio, context=f"{key[0]!r}/{key[1]!r}")
+def _check_flags(key: tuple[str, str], runs_on_asyncio: object, transactional: object) -> None:
+    context = f"{key[0]!r}/{key[1]!r}"
+    check_bool("asyncio", runs_on_asyncio, context=context)
+    check_bool("transactional", transactional, context=context)
+    if runs_on_asyncio and transactional:
+        raise ValidationError(
+            "a handler cannot be both asyncio=True and transactional=True: its transaction"
+            f" is a Trio connection; make it a Trio handler ({context})"
+        )
 
 
-def handler(domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
+def handler(
+    domain: str, command_type: str, *, asyncio: bool = False, transactional: bool = False
+) -> Callable[[F], F]:
     """Mark a method of a handler class; `HandlerRegistry.register_instance` registers it."""
     key = _checked_key(domain, command_type)
-    _check_asyncio(key, asyncio)
+    _check_flags(key, asyncio, transactional)
 
     def mark(fn: F) -> F:
-        setattr(fn, _MARK, (key, asyncio))
+        setattr(fn, _MARK, (key, asyncio, transactional))
         return fn
 
     return mark
@@ -102,21 +112,29 @@ class HandlerRegistry:
         self._handlers: dict[tuple[str, str], Handler] = {}
 
     def register(
-        self, domain: str, command_type: str, fn: HandlerFn, *, asyncio: bool = False
+        self,
+        domain: str,
+        command_type: str,
+        fn: HandlerFn,
+        *,
+        asyncio: bool = False,
+        transactional: bool = False,
     ) -> None:
         key = _checked_key(domain, command_type)
         check_async_callable("handler", fn, context=f"{key[0]!r}/{key[1]!r}")
-        _check_asyncio(key, asyncio)
+        _check_flags(key, asyncio, transactional)
         if key in self._handlers:
             raise HandlerAlreadyRegisteredError(*key)
-        self._handlers[key] = Handler(fn, asyncio)
+        self._handlers[key] = Handler(fn, asyncio, transactional)
 
-    def handler(self, domain: str, command_type: str, *, asyncio: bool = False) -> Callable[[F], F]:
-        """Decorator form of `register` (the names are checked by this call)."""
-        _check_asyncio(_checked_key(domain, command_type), asyncio)
+    def handler(
+        self, domain: str, command_type: str, *, asyncio: bool = False, transactional: bool = False
+    ) -> Callable[[F], F]:
+        """Decorator form of `register` (the arguments are checked by this call)."""
+        _check_flags(_checked_key(domain, command_type), asyncio, transactional)
 
         def register(fn: F) -> F:
-            self.register(domain, command_type, fn, asyncio=asyncio)
+            self.register(domain, command_type, fn, asyncio=asyncio, transactional=transactional)
             return fn
 
         return register
@@ -127,8 +145,18 @@ class HandlerRegistry:
             method = getattr(obj, name, None)
             mark = getattr(method, _MARK, None)
             if mark is not None:
-                (domain, command_type), runs_on_asyncio = mark
-                self.register(domain, command_type, method, asyncio=runs_on_asyncio)  # type: ignore[arg-type]
+                (domain, command_type), runs_on_asyncio, transactional = mark
+                self.register(
+                    domain,
+                    command_type,
+                    method,  # type: ignore[arg-type]
+                    asyncio=runs_on_asyncio,
+                    transactional=transactional,
+                )
 
     def get(self, domain: str, command_type: str) -> Handler | None:
         return self._handlers.get((domain, command_type))
+
+    def has_transactional(self, domain: str) -> bool:
+        """True when a handler of `domain` is registered with `transactional=True`."""
+        return any(h.transactional for (d, _), h in self._handlers.items() if d == domain)

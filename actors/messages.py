@@ -7,10 +7,25 @@ from uuid import UUID
 
 import attrs
 
+from triobus.persistence.queue import HandlerResult
 from triobus.persistence.records import BatchCounts, CommandChange
 
 # How the acker and the operator's actions hand committed changes to the batch supervisor.
 OnChanges = Callable[[Sequence[CommandChange]], None]
+
+
+@attrs.frozen
+class WrittenResult:
+    """A result a transactional handler's own transaction has written and committed
+    (`changes`), or rolled back because the claim's lease was lost (no changes: the
+    result is discarded). The acker only settles, counts and reports it."""
+
+    result: HandlerResult
+    changes: tuple[CommandChange, ...]
+
+
+# What the handler pool sends the acker: a result to write, or one already written.
+AckMessage = HandlerResult | WrittenResult
 
 
 @attrs.frozen

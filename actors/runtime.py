@@ -33,6 +33,7 @@ from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.transaction import Transaction, open_transaction
+from triobus.actors.transactional import RESERVED_CONNECTIONS, TransactionSlots
 from triobus.actors.troubleshooting import TroubleshootingQueue
 from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
 from triobus.persistence.databases import migrate as apply_migrations
@@ -78,7 +79,7 @@ class RuntimeOptions:
     registry: HandlerRegistry = attrs.field(factory=HandlerRegistry, validator=_check_registry)
     migrate: bool = attrs.field(default=True, validator=checked_by(check_bool))
     driver: DriverKind = attrs.field(default=DriverKind.NATIVE, converter=_to_driver_kind)
-    pool_size: int = attrs.field(default=8, validator=checked_by(check_int_in_range, limit=1000))
+    pool_size: int = attrs.field(default=10, validator=checked_by(check_int_in_range, limit=1000))
     max_payload_bytes: int = attrs.field(
         default=DEFAULT_MAX_PAYLOAD_BYTES, validator=checked_by(check_max_payload_bytes)
     )
@@ -123,6 +124,7 @@ class Runtime:
         self._notifier = notifier
         self._nursery = nursery
         self._workers: list[Worker] = []
+        self._transactions = TransactionSlots(pool)
 
     async def start_worker(
         self,
@@ -156,16 +158,34 @@ class Runtime:
             grace_period=grace_period,
             max_result_bytes=self.max_payload_bytes,
         )
+        if self.registry.has_transactional(options.domain):
+            self._check_pool_size(options)
         worker = Worker(
             options,
             pool=self.pool,
             registry=self.registry,
             notifier=self._notifier,
             on_acked=self._batches.deliver_changes,
+            bus=self.bus,
+            transactions=self._transactions,
         )
         await self._nursery.start(worker.run)
         self._workers.append(worker)
         return worker
+
+    def _check_pool_size(self, options: WorkerOptions) -> None:
+        """Warn when the pool cannot lend each of the worker's handlers a transaction."""
+        if options.concurrency > self._transactions.total:
+            logger.warning(
+                "worker %r runs %d handlers at once, but with pool_size=%d at most %d"
+                " transactional handlers run at once in this runtime: the others wait for"
+                " a connection; open the runtime with pool_size >= %d",
+                options.domain,
+                options.concurrency,
+                self.pool.max_size,
+                self._transactions.total,
+                options.concurrency + RESERVED_CONNECTIONS,
+            )
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A pooled connection inside BEGIN ... COMMIT, to pass to triobus as `conn=`.
@@ -251,7 +271,7 @@ async def open_runtime(
     registry: HandlerRegistry | None = None,
     migrate: bool = True,
     driver: DriverKind | str | None = None,
-    pool_size: int = 8,
+    pool_size: int = 10,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     batch_callback_timeout: float = 60.0,
     batch_reconcile_interval: float = 5.0,

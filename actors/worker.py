@@ -20,7 +20,7 @@ beyond the grace period, and the release then gives up after `RELEASE_TIMEOUT` m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -31,12 +31,13 @@ from triobus.actors.handler_pool import HandlerPool
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.in_flight import InFlight
 from triobus.actors.lease_keeper import RELEASE_TIMEOUT, LeaseKeeper
-from triobus.actors.messages import OnChanges
+from triobus.actors.messages import AckMessage, OnChanges
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
+from triobus.actors.transactional import TransactionSlots
 from triobus.persistence.errors import ValidationError
 from triobus.persistence.pool import ConnectionPool
-from triobus.persistence.queue import ClaimedCommand, HandlerResult
+from triobus.persistence.queue import ClaimedCommand
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_int_in_range,
@@ -46,6 +47,9 @@ from triobus.persistence.validation import (
     check_seconds,
     checked_by,
 )
+
+if TYPE_CHECKING:
+    from triobus.actors.bus import CommandBus
 
 
 def _check_retry_policy(options: WorkerOptions, attribute: Any, value: object) -> None:
@@ -143,7 +147,11 @@ class Worker:
         registry: HandlerRegistry,
         notifier: Notifier,
         on_acked: OnChanges | None = None,
+        bus: CommandBus | None = None,
+        transactions: TransactionSlots | None = None,
     ) -> None:
+        """`bus` is what handlers send follow-ups with (`ctx.send`); `transactions` bounds
+        the transactional handlers of the runtime (default: this pool's own slots)."""
         self.options = options
         self.domain = options.domain
         self._in_flight = InFlight(options.concurrency, options.prefetch)
@@ -167,6 +175,8 @@ class Worker:
             retry_policy=options.retry_policy,
             handler_timeout=options.handler_timeout,
             max_result_bytes=options.max_result_bytes,
+            bus=bus,
+            transactions=TransactionSlots(pool) if transactions is None else transactions,
         )
         self._acker = Acker(
             domain=options.domain,
@@ -218,7 +228,7 @@ class Worker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         work_send, work_receive = trio.open_memory_channel[ClaimedCommand](self.options.prefetch)
-        ack_send, ack_receive = trio.open_memory_channel[HandlerResult](self.options.concurrency)
+        ack_send, ack_receive = trio.open_memory_channel[AckMessage](self.options.concurrency)
         try:
             with self._run_scope:
                 async with trio.open_nursery() as nursery:

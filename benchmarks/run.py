@@ -89,11 +89,18 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 @asynccontextmanager
 async def worker_processes(
-    dsn: str, domain: str, count: int, concurrency: int, gated: bool = False, prefetch: int = 0
+    dsn: str,
+    domain: str,
+    count: int,
+    concurrency: int,
+    gated: bool = False,
+    prefetch: int = 0,
+    transactional: bool = False,
 ) -> AsyncIterator[list[trio.Process]]:
     """`count` worker processes, each claiming when this yields; killed on exit.
 
     `gated`: connected but idle when this yields, claiming once sent a line "go".
+    `transactional`: a transactional handler inserting one row, not a no-op.
     """
     processes = []
     try:
@@ -101,6 +108,7 @@ async def worker_processes(
             process = await trio.lowlevel.open_process(
                 [sys.executable, str(WORKER), dsn, domain, str(concurrency)]
                 + (["gated"] if gated else [])
+                + (["transactional"] if transactional else [])
                 + ([str(prefetch)] if prefetch else []),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -198,6 +206,79 @@ class Bench:
             ["worker processes", "concurrency", "commands/s, median (min-max)"],
             rows,
         )
+
+    async def transactional(self, count: int = 10_000) -> None:
+        """Transactional handlers (one INSERT each, committed with the completion) against
+        no-op handlers, the two alternating within each round, on one batch and on as
+        many commands outside any batch."""
+        rows = []
+        for in_batch in (True, False):
+            for concurrency in (16, 64):
+                rates: dict[bool, list[float]] = {False: [], True: []}
+                for _ in range(self.runs):
+                    for transactional in (False, True):
+                        rate = await self._processing_rate(
+                            count, concurrency, transactional, in_batch
+                        )
+                        rates[transactional].append(rate)
+                ratios = [t / n for n, t in zip(rates[False], rates[True], strict=True)]
+                rows.append(
+                    [
+                        "one batch" if in_batch else "no batch",
+                        str(concurrency),
+                        summary(rates[False]),
+                        summary(rates[True]),
+                        f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})",
+                    ]
+                )
+        self.section(
+            f"Transactional handlers: {count:,} commands, 1 worker process, processing phase",
+            [
+                "commands",
+                "concurrency",
+                "no-op handlers, commands/s",
+                "transactional handlers (1 INSERT each), commands/s",
+                "transactional ÷ no-op, same round",
+            ],
+            rows,
+            "Timed from starting the connected, idle worker until every command is COMPLETED"
+            " (polled every 50 ms). A transactional handler's attempt is its own transaction on"
+            " its own connection (pool_size = concurrency + 2), four round trips: BEGIN, the"
+            " handler's INSERT, the command row's lock (the lease check), then SET LOCAL"
+            " plan_cache_mode, the completion (the acker's guarded statement, for one command)"
+            " and COMMIT pipelined; no-op handlers' results are written by the acker, many per"
+            " statement. In one batch every completion also updates the batch's row and holds"
+            " its lock until its COMMIT is flushed, so the batch's commands complete one"
+            " commit at a time; outside a batch they commit side by side.",
+        )
+
+    async def _processing_rate(
+        self, count: int, concurrency: int, transactional: bool, in_batch: bool
+    ) -> float:
+        async with (
+            self.database() as dsn,
+            open_runtime(dsn, migrate=False) as runtime,
+            worker_processes(
+                dsn, "bench", 1, concurrency, gated=True, transactional=transactional
+            ) as processes,
+        ):
+            batch_id = await runtime.bus.create_batch("bench", noop_batch(count))
+            async with runtime.transaction() as conn:
+                if not in_batch:  # the same commands, outside any batch
+                    await conn.execute("UPDATE triobus.command SET batch_id = NULL")
+                    await conn.execute("DELETE FROM triobus.batch WHERE batch_id = %s", (batch_id,))
+            started = time.perf_counter()
+            for process in processes:
+                assert process.stdin is not None
+                await process.stdin.send_all(b"go\n")
+            async with runtime.pool.connection() as conn:
+                while True:
+                    row = await conn.fetch_one(
+                        "SELECT count(*) AS n FROM triobus.command WHERE status = 'COMPLETED'"
+                    )
+                    if row is not None and row["n"] == count:
+                        return count / (time.perf_counter() - started)
+                    await trio.sleep(0.05)
 
     async def cost_per_command(self) -> None:
         count = 20_000
@@ -802,6 +883,7 @@ def machine() -> str:
 
 SCENARIOS = (
     "throughput",
+    "transactional",
     "cost",
     "latency",
     "callback",
@@ -831,6 +913,7 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
         bench = Bench(dsn, runs)
         scenarios: dict[str, Callable[[], Any]] = {
             "throughput": bench.throughput,
+            "transactional": bench.transactional,
             "cost": bench.cost_per_command,
             "latency": bench.latency,
             "callback": bench.callback_latency,

@@ -113,6 +113,12 @@ class DriverConnection(Connection):
         """Wait up to `timeout` seconds for notifications; return all that arrived."""
 
     @abc.abstractmethod
+    async def fetch_all_and_commit(self, first: str, sql: str, params: Params) -> list[Row]:
+        """In the open transaction: `first` (no parameters), `sql`, then COMMIT, sent
+        together in one round trip (pipeline mode). If one fails, nothing after it runs
+        and the transaction stays open, failed, for the caller to roll back."""
+
+    @abc.abstractmethod
     def transaction_state(self) -> TransactionState:
         """Where the connection stands: idle, in a (failed) transaction, busy or closed."""
 
@@ -131,6 +137,8 @@ class DriverConnection(Connection):
         await self.execute("BEGIN")
         try:
             yield self
+            if self.transaction_state() is TransactionState.IDLE:
+                return  # the block has committed (`fetch_all_and_commit`) or rolled back
         except BaseException:
             timeout = self.options.rollback_timeout
             with trio.CancelScope(shield=True):
@@ -327,6 +335,15 @@ class NativeConnection(AsyncPsycopgConnection, DriverConnection):
                 found += [n async for n in self._conn.notifies(timeout=0)]
             return [Notification(n.channel, n.payload, n.pid) for n in found]
 
+    async def fetch_all_and_commit(self, first: str, sql: str, params: Params) -> list[Row]:
+        conn = self._conn
+        with translated_errors():
+            async with conn.pipeline():
+                await conn.execute(first)
+                cursor = await conn.cursor(row_factory=dict_row).execute(sql, params)
+                await conn.execute("COMMIT")
+            return await cursor.fetchall()
+
     def transaction_state(self) -> TransactionState:
         return transaction_state_of(self._conn)
 
@@ -410,6 +427,17 @@ class ThreadConnection(DriverConnection):
         self, sql: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str] | None = None
     ) -> None:
         await self._call(partial(copy_rows_sync, self._conn, sql, rows, types))
+
+    async def fetch_all_and_commit(self, first: str, sql: str, params: Params) -> list[Row]:
+        def run() -> list[Row]:
+            conn = self._conn
+            with conn.pipeline():
+                conn.execute(first)
+                cursor = conn.cursor(row_factory=dict_row).execute(sql, params)
+                conn.execute("COMMIT")
+            return cursor.fetchall()
+
+        return await self._call(run)
 
     async def wait_notifications(self, timeout: float) -> list[Notification]:
         """Waits in slices of at most `options.thread_wait_slice`: a thread blocked in

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 from psycopg.types.json import Jsonb
 
+from triobus.persistence.connection import TransactionState
 from triobus.persistence.driver import (
     DriverConnection,
     DriverKind,
@@ -69,6 +70,40 @@ async def test_transaction_commits_on_success_and_rolls_back_on_error(
     with pytest.raises(RuntimeError, match="boom"):
         await insert_then_fail()
     assert await count_rows(pool) == 1
+
+
+async def test_fetch_all_and_commit_runs_three_statements_and_commits_in_one_round_trip(
+    pool: ConnectionPool,
+) -> None:
+    async with pool.transaction() as conn:
+        await conn.execute("INSERT INTO t VALUES (1, 'mine')")
+        rows = await conn.fetch_all_and_commit(
+            "SET LOCAL lock_timeout = '1s'", "SELECT count(*) AS n FROM t WHERE id = %s", (1,)
+        )
+        assert rows == [{"n": 1}]
+        assert conn.transaction_state() is TransactionState.IDLE  # committed: the block ends
+    assert await count_rows(pool) == 1
+
+
+async def test_fetch_all_and_commit_that_fails_commits_nothing_and_leaves_the_transaction_failed(
+    pool: ConnectionPool,
+) -> None:
+    states = []
+
+    async def fail_then_roll_back() -> None:
+        async with pool.transaction() as conn:
+            await conn.execute("INSERT INTO t VALUES (1, 'rolled back')")
+            try:
+                await conn.fetch_all_and_commit("SELECT 1", "SELECT 1 / %s AS n", (0,))
+            finally:
+                states.append(conn.transaction_state())
+
+    with pytest.raises(DatabaseError, match="division by zero"):
+        await fail_then_roll_back()
+    assert states == [TransactionState.FAILED]  # the COMMIT after the failure did not run
+    assert await count_rows(pool) == 0
+    async with pool.connection() as conn:
+        assert conn.transaction_state() is TransactionState.IDLE  # back in the pool clean
 
 
 async def test_cancel_mid_query_in_transaction_rolls_back_and_pool_stays_healthy(

@@ -4,6 +4,9 @@ MODE "block": the handler prints "started <command_id>" and blocks forever.
 MODE "kill": the handler kills its own process with SIGKILL (a poison message).
 MODE "outcome": the handler does what `command.data["outcome"]` says: "ok" completes,
 "rule" raises BusinessRuleError, "tsq" raises PermanentCommandError.
+MODE "effect": a transactional handler inserts a row into the table `effect` (which the
+caller creates) and sends a follow-up of type "FollowUp" to domain "followups", a fresh
+id each time, its data naming the command: both commit with the completion.
 The process prints "ready" once its worker is claiming, and runs until killed.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import uuid
 
 import trio
 
@@ -28,7 +32,6 @@ from triobus.actors import (
 async def main(dsn: str, domain: str, mode: str, concurrency: int) -> None:
     registry = HandlerRegistry()
 
-    @registry.handler(domain, "Work")
     async def work(command: Command, ctx: HandlerContext) -> dict[str, int] | None:
         if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -42,12 +45,26 @@ async def main(dsn: str, domain: str, mode: str, concurrency: int) -> None:
             raise PermanentCommandError("NEEDS_OPERATOR", "an operator must decide")
         return {"pid": os.getpid()}
 
-    async with open_runtime(dsn, registry=registry, migrate=False) as runtime:
+    if mode == "effect":
+        registry.register(domain, "Work", effect_and_follow_up, transactional=True)
+    else:
+        registry.register(domain, "Work", work)
+    pool_size = concurrency + 2  # a connection for each transactional handler, and two
+    async with open_runtime(dsn, registry=registry, migrate=False, pool_size=pool_size) as runtime:
         await runtime.start_worker(
             domain, concurrency=concurrency, visibility_timeout=1.0, poll_interval=0.1
         )
         print("ready", flush=True)
         await trio.sleep_forever()
+
+
+async def effect_and_follow_up(command: Command, ctx: HandlerContext) -> dict[str, int]:
+    assert ctx.conn is not None
+    await ctx.conn.execute(
+        "INSERT INTO effect (command_id, pid) VALUES (%s, %s)", (command.command_id, os.getpid())
+    )
+    await ctx.send("followups", "FollowUp", uuid.uuid4(), {"of": str(command.command_id)})
+    return {"pid": os.getpid()}
 
 
 if __name__ == "__main__":

@@ -184,9 +184,12 @@ async def progress_reaches(dsn: str, batch_id: uuid.UUID, done: int) -> None:
 
 
 @asynccontextmanager
-async def worker_process(dsn: str, concurrency: int = 16) -> AsyncIterator[trio.Process]:
+async def worker_process(
+    dsn: str, concurrency: int = 16, mode: str = "outcome"
+) -> AsyncIterator[trio.Process]:
+    """A worker process (tests/integration/worker_process.py, in `mode`), once ready."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, str(WORKER_SCRIPT), dsn, DOMAIN, "outcome", str(concurrency)],
+        [sys.executable, str(WORKER_SCRIPT), dsn, DOMAIN, mode, str(concurrency)],
         stdout=subprocess.PIPE,
     )
     try:

@@ -255,6 +255,11 @@ UPDATE triobus.command c
 SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id;
 
+-- name: LOCK_IF_CLAIMED
+SELECT 1 AS held FROM triobus.command
+WHERE domain = %(domain)s AND command_id = %(command_id)s AND lease_token = %(lease_token)s
+FOR UPDATE;
+
 -- name: RELEASE_IF_CLAIMED
 WITH mine AS (
     SELECT domain, command_id FROM triobus.command

@@ -14,6 +14,7 @@ import trio.testing
 from triobus.actors import Command, HandlerContext, HandlerRegistry, RetryPolicy
 from triobus.actors.handler_pool import HandlerPool
 from triobus.actors.in_flight import InFlight
+from triobus.actors.messages import AckMessage
 from triobus.persistence.queue import ClaimedCommand, HandlerResult, Outcome
 
 
@@ -59,8 +60,14 @@ class Running:
     in_flight: InFlight
     handlers: Handlers
     work: trio.MemorySendChannel[ClaimedCommand]
-    results: trio.MemoryReceiveChannel[HandlerResult]
+    messages: trio.MemoryReceiveChannel[AckMessage]
     done: trio.Event
+
+    async def result(self) -> HandlerResult:
+        """The next result (this pool runs no transactional handler: none is written)."""
+        message = await self.messages.receive()
+        assert isinstance(message, HandlerResult)
+        return message
 
 
 @pytest.fixture
@@ -82,7 +89,7 @@ async def running(nursery: trio.Nursery, request: pytest.FixtureRequest) -> Asyn
         max_result_bytes=1000,
     )
     work_send, work_receive = trio.open_memory_channel[ClaimedCommand](10)
-    result_send, result_receive = trio.open_memory_channel[HandlerResult](10)
+    result_send, result_receive = trio.open_memory_channel[AckMessage](10)
     done = trio.Event()
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -109,7 +116,7 @@ async def test_at_most_concurrency_handlers_run_and_each_run_becomes_a_result(
     assert (running.handlers.running, running.in_flight.waiting) == (2, 3)
     running.handlers.release.set()
     with trio.fail_after(10):
-        results = [await running.results.receive() for _ in claims]
+        results = [await running.result() for _ in claims]
     assert running.handlers.most == 2
     assert {r.command_id for r in results} == {c.command.command_id for c in claims}
     assert {(r.outcome, r.result_json) for r in results} == {(Outcome.COMPLETED, '{"attempt":1}')}
@@ -120,7 +127,7 @@ async def test_at_most_concurrency_handlers_run_and_each_run_becomes_a_result(
 async def test_a_missing_handler_and_a_timeout_become_their_outcomes(running: Running) -> None:
     give(running, claim("Unknown"), claim("Slow"))
     with trio.fail_after(10):
-        results = {(await running.results.receive()).error_code for _ in range(2)}
+        results = {(await running.result()).error_code for _ in range(2)}
     assert results == {"NO_HANDLER", "HANDLER_TIMEOUT"}
 
 
@@ -135,7 +142,9 @@ async def test_stopping_lets_running_handlers_finish_and_starts_no_waiting_comma
     running.handlers.release.set()  # the two running ones finish within the grace period
     with trio.fail_after(10):
         await running.done.wait()
-        results = [result async for result in running.results]
+        messages = [message async for message in running.messages]
+    results = [m for m in messages if isinstance(m, HandlerResult)]
+    assert len(results) == len(messages)
     assert set(running.handlers.started) == {c.command.command_id for c in claims[:2]}
     assert {r.command_id for r in results} == set(running.handlers.started)
 
@@ -150,4 +159,4 @@ async def test_a_handler_still_running_after_the_grace_period_is_cancelled_witho
     with trio.fail_after(10):
         await running.done.wait()
     with pytest.raises(trio.EndOfChannel):
-        await running.results.receive()  # cancelled by the stop: its command is released
+        await running.messages.receive()  # cancelled by the stop: its command is released
