@@ -57,10 +57,10 @@ class Transaction(Connection):
     ) -> None:
         await self._usable().copy_rows(sql, rows, types=types)
 
-    async def fetch_all_and_commit(self, first: str, sql: str, params: Params) -> list[Row]:
-        """`first`, `sql` and COMMIT in one round trip (for a transactional handler's
-        completion: `queue.complete_and_commit`); the block then ends committed."""
-        return await self._usable().fetch_all_and_commit(first, sql, params)
+    async def fetch_all_and_commit(self, sql: str, params: Params) -> list[Row]:
+        """`sql` and COMMIT in one round trip (for a transactional handler's completion:
+        `queue.complete_and_commit`); the block then ends committed."""
+        return await self._usable().fetch_all_and_commit(sql, params)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

@@ -16,15 +16,15 @@ pooled connection, runs the handler with it as `ctx.conn`, and writes the outcom
 |                                               | cut off, perhaps committed)  | failure        |
 
 The lease token is checked inside the transaction: the command's row is locked only if
-the claim still holds it (`lock_if_claimed`), so the completion that follows (the
-acker's guarded statement, for one result) is written, and COMMIT is sent with it: the
-handler's writes commit only if the completion does, only while the claim is held, and
-no other transaction waits on this one between the completion and its COMMIT (the
-batch's row, which the completion updates, is held for the COMMIT alone). A failure
-goes the usual way through the acker, guarded by the same token: after a COMMIT whose
-answer was lost it changes nothing if the COMMIT took effect. Heartbeats and releases
-skip the command's row once it is locked (SKIP LOCKED), and nothing locks it before:
-they never wait on a handler.
+the claim still holds it (`lock_if_claimed`), so the completion that follows (one
+COMPLETED result, written as the acker writes it: `complete_and_commit`) is sure to be
+written, and COMMIT is sent with it in one round trip: the handler's writes commit only
+if the completion does, only while the claim is held, and no client round trip keeps
+the batch's row (which the completion updates) locked. A failure goes the usual way
+through the acker, guarded by the same token: after a COMMIT whose answer was lost it
+changes nothing if the COMMIT took effect. Heartbeats and releases skip the command's
+row once it is locked (SKIP LOCKED), and nothing locks it before: they never wait on a
+handler.
 
 Each running transactional handler holds one pooled connection. `TransactionSlots`
 bounds how many do at once in a runtime, leaving connections for the claimers, ackers,

@@ -82,6 +82,12 @@ def summary(values: Sequence[float], digits: int = 0) -> str:
     )
 
 
+def ratio_summary(values: Sequence[float], bases: Sequence[float]) -> str:
+    """Same-round ratios as percentages: median (min-max)."""
+    ratios = [v / b for v, b in zip(values, bases, strict=True)]
+    return f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})"
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
@@ -209,26 +215,29 @@ class Bench:
 
     async def transactional(self, count: int = 10_000) -> None:
         """Transactional handlers (one INSERT each, committed with the completion) against
-        no-op handlers, the two alternating within each round, on one batch and on as
-        many commands outside any batch."""
+        no-op handlers and against the driver alone running the same transactions, the
+        three in turn within each round, on one batch and on commands outside any batch."""
         rows = []
         for in_batch in (True, False):
             for concurrency in (16, 64):
-                rates: dict[bool, list[float]] = {False: [], True: []}
+                noop: list[float] = []
+                transactional: list[float] = []
+                floor: list[float] = []
                 for _ in range(self.runs):
-                    for transactional in (False, True):
-                        rate = await self._processing_rate(
-                            count, concurrency, transactional, in_batch
-                        )
-                        rates[transactional].append(rate)
-                ratios = [t / n for n, t in zip(rates[False], rates[True], strict=True)]
+                    noop.append(await self._processing_rate(count, concurrency, False, in_batch))
+                    transactional.append(
+                        await self._processing_rate(count, concurrency, True, in_batch)
+                    )
+                    floor.append(await self._transaction_floor(count, concurrency))
                 rows.append(
                     [
                         "one batch" if in_batch else "no batch",
                         str(concurrency),
-                        summary(rates[False]),
-                        summary(rates[True]),
-                        f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})",
+                        summary(noop),
+                        summary(transactional),
+                        summary(floor),
+                        ratio_summary(transactional, noop),
+                        ratio_summary(transactional, floor),
                     ]
                 )
         self.section(
@@ -238,19 +247,32 @@ class Bench:
                 "concurrency",
                 "no-op handlers, commands/s",
                 "transactional handlers (1 INSERT each), commands/s",
+                "floor: BEGIN, 1 INSERT, COMMIT alone, transactions/s",
                 "transactional ÷ no-op, same round",
+                "transactional ÷ floor, same round",
             ],
             rows,
             "Timed from starting the connected, idle worker until every command is COMPLETED"
             " (polled every 50 ms). A transactional handler's attempt is its own transaction on"
             " its own connection (pool_size = concurrency + 2), four round trips: BEGIN, the"
-            " handler's INSERT, the command row's lock (the lease check), then SET LOCAL"
-            " plan_cache_mode, the completion (the acker's guarded statement, for one command)"
-            " and COMMIT pipelined; no-op handlers' results are written by the acker, many per"
+            " handler's INSERT, the command row's lock (the lease check), then the completion"
+            " (one command's COMPLETED, audit event and batch counts) and COMMIT pipelined;"
+            " no-op handlers' results are written by the acker, many per"
             " statement. In one batch every completion also updates the batch's row and holds"
             " its lock until its COMMIT is flushed, so the batch's commands complete one"
-            " commit at a time; outside a batch they commit side by side.",
+            " commit at a time; outside a batch they commit side by side. The floor is"
+            " benchmarks/transaction_floor.py: as many Trio tasks as handlers, each on its own"
+            " pooled connection, running BEGIN, one INSERT, COMMIT and nothing of triobus:"
+            " what one transaction per command reaches from one process on this machine.",
         )
+
+    async def _transaction_floor(self, count: int, tasks: int) -> float:
+        async with self.database() as dsn:
+            result = await trio.run_process(
+                [sys.executable, str(HERE / "transaction_floor.py"), dsn, str(tasks), str(count)],
+                capture_stdout=True,
+            )
+        return float(result.stdout.decode())
 
     async def _processing_rate(
         self, count: int, concurrency: int, transactional: bool, in_batch: bool

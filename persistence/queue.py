@@ -29,6 +29,7 @@ import attrs
 
 from triobus.persistence.batch_counts import StatusChange, batch_count_ctes, select_changes
 from triobus.persistence.connection import Connection, Params, Row
+from triobus.persistence.errors import InvalidOperationError
 from triobus.persistence.literals import literal, literal_list
 from triobus.persistence.records import (
     AuditEventType,
@@ -179,15 +180,34 @@ WITH r AS (
 
 
 # A transactional handler's transaction locks its command's row, if its lease is still
-# held, before the completion: that is then sure to be written, and is committed with it.
+# held, first: nobody else can then claim it, and its completion is sure to be written.
 LOCK_IF_CLAIMED = """
 SELECT 1 AS held FROM triobus.command
 WHERE domain = %(domain)s AND command_id = %(command_id)s AND lease_token = %(lease_token)s
 FOR UPDATE
 """
 
-# The completion's plan, cached: planning it afresh costs three times its run.
-GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
+# ACK_IF_CLAIMED for one COMPLETED result: what a transactional handler's transaction
+# writes before its COMMIT (the same rows; scalar parameters, a plan of its own).
+COMPLETE_IF_CLAIMED = f"""
+WITH acked AS (
+    UPDATE triobus.command c
+    SET status = {_COMPLETED_SQL}, result = %(result)s::jsonb, lease_token = NULL,
+        updated_at = now()
+    WHERE c.domain = %(domain)s AND c.command_id = %(command_id)s
+      AND c.lease_token = %(lease_token)s
+    RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
+              c.result, c.attempts
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, {literal(AuditEventType.COMPLETED)},
+           jsonb_build_object('attempt', attempts)
+    FROM acked
+), replies AS (
+    {insert_replies("acked", outcome=literal(ReplyOutcome.SUCCESS), data="result")}
+), {batch_count_ctes(StatusChange("acked", old=_IN_PROGRESS_SQL, new=_COMPLETED_SQL))}
+{select_changes("acked")}
+"""
 
 
 @attrs.frozen(kw_only=True)
@@ -315,7 +335,7 @@ def _lease_params(
 class CommittingConnection(Protocol):
     """A connection in a transaction that it can commit together with one statement."""
 
-    async def fetch_all_and_commit(self, first: str, sql: str, params: Params) -> list[Row]: ...
+    async def fetch_all_and_commit(self, sql: str, params: Params) -> list[Row]: ...
 
 
 async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> list[CommandChange]:
@@ -344,10 +364,18 @@ async def lock_if_claimed(conn: Connection, claim: ClaimedCommand) -> bool:
 async def complete_and_commit(
     conn: CommittingConnection, result: HandlerResult
 ) -> list[CommandChange]:
-    """Write one result, as `ack_if_claimed` does, and COMMIT the transaction it is in:
-    one round trip. The caller holds the claim's row locked (`lock_if_claimed`), so the
-    result is written: what commits with it is the completion's."""
-    rows = await conn.fetch_all_and_commit(GENERIC_PLANS, ACK_IF_CLAIMED, _ack_params([result]))
+    """Write one COMPLETED result, as `ack_if_claimed` would, and COMMIT the transaction
+    it is in: one round trip. The caller holds the claim's row locked (`lock_if_claimed`),
+    so the result is written: what commits with it is the completion's."""
+    if result.outcome is not Outcome.COMPLETED:
+        raise InvalidOperationError(f"only COMPLETED results commit so, not {result.outcome}")
+    params = {
+        "domain": result.domain,
+        "command_id": result.command_id,
+        "lease_token": result.lease_token,
+        "result": result.result_json,
+    }
+    rows = await conn.fetch_all_and_commit(COMPLETE_IF_CLAIMED, params)
     return CommandChange.from_rows(rows)
 
 

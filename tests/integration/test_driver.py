@@ -72,14 +72,12 @@ async def test_transaction_commits_on_success_and_rolls_back_on_error(
     assert await count_rows(pool) == 1
 
 
-async def test_fetch_all_and_commit_runs_three_statements_and_commits_in_one_round_trip(
+async def test_fetch_all_and_commit_runs_a_statement_and_commits_in_one_round_trip(
     pool: ConnectionPool,
 ) -> None:
     async with pool.transaction() as conn:
         await conn.execute("INSERT INTO t VALUES (1, 'mine')")
-        rows = await conn.fetch_all_and_commit(
-            "SET LOCAL lock_timeout = '1s'", "SELECT count(*) AS n FROM t WHERE id = %s", (1,)
-        )
+        rows = await conn.fetch_all_and_commit("SELECT count(*) AS n FROM t WHERE id = %s", (1,))
         assert rows == [{"n": 1}]
         assert conn.transaction_state() is TransactionState.IDLE  # committed: the block ends
     assert await count_rows(pool) == 1
@@ -94,7 +92,7 @@ async def test_fetch_all_and_commit_that_fails_commits_nothing_and_leaves_the_tr
         async with pool.transaction() as conn:
             await conn.execute("INSERT INTO t VALUES (1, 'rolled back')")
             try:
-                await conn.fetch_all_and_commit("SELECT 1", "SELECT 1 / %s AS n", (0,))
+                await conn.fetch_all_and_commit("SELECT 1 / %s AS n", (0,))
             finally:
                 states.append(conn.transaction_state())
 

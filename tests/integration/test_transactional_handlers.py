@@ -432,3 +432,46 @@ def test_the_three_ways_of_registering_mark_a_handler_transactional() -> None:
     flags = {t: h.transactional for t, h in registered.items() if h is not None}
     assert flags == {"Registered": True, "Decorated": True, "Marked": True, "Plain": False}
     assert registry.has_transactional("d") and not registry.has_transactional("e")
+
+
+async def test_a_transactional_completion_writes_what_the_acker_writes(
+    triobus_runtime: Runtime, observer: DriverConnection
+) -> None:
+    """The same command row, audit event, reply and batch counts as a normal handler's."""
+    runtime = triobus_runtime
+
+    @runtime.registry.handler("d", "Plain")
+    async def plain(command: Command, ctx: HandlerContext) -> dict[str, int]:
+        return {"n": 1}
+
+    @runtime.registry.handler("d", "Transactional", transactional=True)
+    async def transactional(command: Command, ctx: HandlerContext) -> dict[str, int]:
+        return {"n": 1}
+
+    await runtime.start_worker("d")
+    calls = Calls()
+    members = [
+        BatchCommand(command_type=kind, command_id=uuid.uuid4(), data={}, reply_to="q")
+        for kind in ("Plain", "Transactional")
+    ]
+    await runtime.bus.create_batch("d", members, on_complete=calls)
+    final = await calls.wait()
+    assert (final.completed_count, final.status) == (2, "COMPLETED")
+
+    async def written(command_id: uuid.UUID | str) -> tuple[object, ...]:
+        command = await runtime.bus.get_command("d", command_id)
+        assert command is not None
+        trail = await runtime.bus.get_audit_trail(command_id, "d")
+        replies = [r for r in await runtime.bus.read_replies("q") if r.command_id == command_id]
+        return (
+            command.status,
+            command.result,
+            command.last_error,
+            command.attempts,
+            command.visible_at == command.created_at,
+            [(e.event_type, e.details) for e in trail[1:]],  # after SENT
+            [(r.outcome, r.data, r.correlation_id == command.correlation_id) for r in replies],
+        )
+
+    plain_row, transactional_row = [await written(m.command_id) for m in members]
+    assert transactional_row == plain_row

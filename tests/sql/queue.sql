@@ -244,6 +244,105 @@ SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_i
        max_attempts, lease_token
 FROM claimed ORDER BY visible_at, command_id;
 
+-- name: COMPLETE_IF_CLAIMED
+WITH acked AS (
+    UPDATE triobus.command c
+    SET status = 'COMPLETED', result = %(result)s::jsonb, lease_token = NULL,
+        updated_at = now()
+    WHERE c.domain = %(domain)s AND c.command_id = %(command_id)s
+      AND c.lease_token = %(lease_token)s
+    RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
+              c.result, c.attempts
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'COMPLETED',
+           jsonb_build_object('attempt', attempts)
+    FROM acked
+), replies AS (
+    INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
+    SELECT reply_to, domain, command_id, correlation_id,
+           'SUCCESS',
+           result
+    FROM acked
+    WHERE reply_to IS NOT NULL
+    ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
+    RETURNING pg_notify('triobus_reply', queue)
+), status_changes AS (
+    SELECT domain, batch_id, 'IN_PROGRESS' AS old_status, 'COMPLETED' AS new_status
+    FROM acked
+), batch_deltas AS (
+    SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           sum((new_status = 'COMPLETED')::int
+               - (old_status = 'COMPLETED')::int)::int AS completed_count,
+           sum((new_status = 'FAILED')::int
+               - (old_status = 'FAILED')::int)::int AS failed_count,
+           sum((new_status = 'CANCELED')::int
+               - (old_status = 'CANCELED')::int)::int AS canceled_count,
+           sum((new_status = 'IN_TROUBLESHOOTING_QUEUE')::int
+               - (old_status = 'IN_TROUBLESHOOTING_QUEUE')::int)::int AS in_troubleshooting_count
+    FROM status_changes WHERE batch_id IS NOT NULL
+    GROUP BY domain, batch_id
+), batch_delta_sums AS (
+    SELECT *, completed_count + failed_count + canceled_count AS terminal_delta,
+           failed_count + canceled_count AS failures_delta
+    FROM batch_deltas
+), batch_locked AS (
+    SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
+    FROM triobus.batch b
+    JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
+    WHERE d.completed_count <> 0
+       OR d.failed_count <> 0
+       OR d.canceled_count <> 0
+       OR d.in_troubleshooting_count <> 0
+       OR (d.started AND b.started_at IS NULL)  -- only rows that change are locked
+    ORDER BY b.domain, b.batch_id
+    FOR UPDATE OF b
+), batch_updated AS (
+    UPDATE triobus.batch b
+    SET completed_count = b.completed_count + d.completed_count,
+        failed_count = b.failed_count + d.failed_count,
+        canceled_count = b.canceled_count + d.canceled_count,
+        in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
+        started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        status = CASE
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                 AND b.failed_count + b.canceled_count + d.failures_delta > 0
+                THEN 'COMPLETED_WITH_FAILURES'
+            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                THEN 'COMPLETED'
+            WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
+            ELSE b.status END,
+        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                            THEN now() ELSE b.completed_at END
+    FROM batch_delta_sums d, batch_locked l
+    WHERE b.domain = d.domain AND b.batch_id = d.batch_id
+      AND l.domain = d.domain AND l.batch_id = d.batch_id
+    RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
+), batch_audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, batch_id, 'BATCH_STARTED',
+           jsonb_build_object('total_count', total_count)
+    FROM batch_updated WHERE newly_started
+    UNION ALL
+    SELECT domain, batch_id, 'BATCH_COMPLETED',
+           jsonb_build_object('status', status, 'total_count', total_count,
+                              'completed_count', completed_count,
+                              'failed_count', failed_count,
+                              'canceled_count', canceled_count)
+    FROM batch_updated WHERE newly_completed
+    RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
+                   THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+)
+SELECT c.domain, c.command_id, c.status, c.batch_id,
+       coalesce(bu.newly_completed, false) AS batch_completed,
+       bu.completed_count AS batch_completed_count, bu.failed_count AS batch_failed_count,
+       bu.canceled_count AS batch_canceled_count,
+       bu.in_troubleshooting_count AS batch_in_troubleshooting_count
+FROM acked c
+LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
+
 -- name: EXTEND_LEASES_IF_CLAIMED
 WITH mine AS (
     SELECT domain, command_id FROM triobus.command

@@ -75,3 +75,14 @@ def test_the_statements_are_found() -> None:
     )
     assert all(found.values()), found
     assert not {n for names in found.values() for n in names if n.startswith("_")}
+
+
+def test_psycopg_caches_the_conversion_of_every_statement_the_runtime_runs() -> None:
+    """The driver raises psycopg's limit (4,096 characters by default) above our longest
+    statement: converting the claim or an ack afresh costs about 60 us each time."""
+    from psycopg import _queries
+
+    import triobus.persistence.driver  # noqa: F401 - raises the limit when imported
+
+    longest = max(len(sql) for module in MODULES for sql in statements(module).values())
+    assert longest <= _queries.MAX_CACHED_STATEMENT_LENGTH
