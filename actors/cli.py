@@ -17,8 +17,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, NoReturn, cast
 
 import attrs
 import trio
@@ -32,6 +34,7 @@ from triobus.persistence.validation import check_dsn, check_seconds
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 Action = Callable[[argparse.Namespace, Runtime], Awaitable[Any]]
 
@@ -259,38 +262,137 @@ async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
     _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
 
 
-def _load_registry(spec: str) -> HandlerRegistry:
+# What `--app` names: a registry, or a factory that builds the application's dependencies
+# around the workers' run and yields the registry of its handlers.
+Application = HandlerRegistry | Callable[[Runtime], AbstractAsyncContextManager[HandlerRegistry]]
+
+
+def _load_application(spec: str) -> Application:
+    """`module:attribute`, imported with the current directory on `sys.path` (as uvicorn
+    and celery do); an error raised inside the application shows its traceback."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"--app must look like package.module:registry, got {spec!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        dotted = module_name.removesuffix(".py").strip(os.sep).replace(os.sep, ".")
+        raise UsageError(
+            f"--app takes a module's dotted name, not a file: try {dotted}:{attribute}"
+        )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        registry = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as ex:
-        raise UsageError(f"cannot load {spec!r}: {ex}") from None
-    if not isinstance(registry, HandlerRegistry):
-        raise UsageError(f"{spec!r} is a {type(registry).__name__}, not a HandlerRegistry")
-    return registry
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as ex:
+        missing = ex.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):  # not found at all
+            raise UsageError(f"cannot load {spec!r}: {ex} (from {os.getcwd()})") from None
+        raise _ApplicationError(f"importing the application {spec!r} failed", ex) from ex
+    except Exception as ex:
+        raise _ApplicationError(f"importing the application {spec!r} failed", ex) from ex
+    application: object = getattr(module, attribute, None)
+    if application is None:
+        raise UsageError(f"cannot load {spec!r}: module {module_name!r} has no {attribute!r}")
+    if not isinstance(application, HandlerRegistry) and not callable(application):
+        raise UsageError(f"{spec!r} is a {type(application).__name__}, {_APPLICATION_KINDS}")
+    return cast(Application, application)  # a factory's signature is checked when called
 
 
-async def run_worker(args: argparse.Namespace, dsn: str) -> None:
-    """Run workers until SIGINT or SIGTERM, then stop them gracefully."""
-    registry = _load_registry(args.app)
+_APPLICATION_KINDS = (
+    "not a HandlerRegistry nor a factory (a function taking the runtime and returning an"
+    " async context manager that yields a HandlerRegistry)"
+)
+
+
+class _ApplicationError(Exception):
+    """The application raised while loading or starting: its traceback is printed, then
+    this one line."""
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        super().__init__(f"{what} (traceback above)")
+        self.error = error  # not only __cause__: leaving the runtime re-raises "from None"
+
+
+@asynccontextmanager
+async def _started(
+    application: Application, runtime: Runtime, spec: str
+) -> AsyncIterator[HandlerRegistry]:
+    """The registry to run: `application` itself, or what its factory yields (the
+    factory's dependencies are open for the block, and closed after it)."""
+    if isinstance(application, HandlerRegistry):
+        yield application
+        return
+    async with AsyncExitStack() as stack:
+        try:
+            context = application(runtime)
+            if not isinstance(context, AbstractAsyncContextManager):
+                raise UsageError(
+                    f"{spec!r} returned a {type(context).__name__}, {_APPLICATION_KINDS}"
+                )
+            registry = await stack.enter_async_context(context)
+        except (UsageError, TriobusError):
+            raise
+        except Exception as ex:
+            raise _ApplicationError(f"starting the application {spec!r} failed", ex) from ex
+        if not isinstance(registry, HandlerRegistry):
+            raise UsageError(f"{spec!r} yielded a {type(registry).__name__}, {_APPLICATION_KINDS}")
+        yield registry
+
+
+async def run_worker(args: argparse.Namespace, dsn: str) -> int:
+    """Run workers until SIGINT or SIGTERM, then stop them gracefully; a second signal
+    stops them at once (running handlers cancelled, claimed commands released) and the
+    exit status is then 128 + the signal's number."""
+    application = _load_application(args.app)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_runtime(dsn, registry=registry) as runtime:
-            for domain in args.domain:
-                await runtime.start_worker(
-                    domain, concurrency=args.concurrency, prefetch=args.prefetch
-                )
-            print(
-                f"triobus worker running for {', '.join(args.domain)}; SIGINT or SIGTERM stops it",
-                file=sys.stderr,
-                flush=True,
-            )
-            async for signum in signals:
-                print(
-                    f"received {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True
-                )
-                break
+        async with (
+            open_runtime(dsn, migrate=not args.no_migrate) as runtime,
+            _started(application, runtime, args.app) as registry,
+        ):
+            try:
+                return await _work(args, runtime, registry, signals)
+            finally:  # the factory's dependencies are closed after the last handler
+                with trio.CancelScope(shield=True):
+                    await runtime.stop_workers()
+
+
+async def _work(
+    args: argparse.Namespace,
+    runtime: Runtime,
+    registry: HandlerRegistry,
+    signals: AsyncIterator[int],
+) -> int:
+    workers = [
+        await runtime.start_worker(
+            domain, concurrency=args.concurrency, prefetch=args.prefetch, registry=registry
+        )
+        for domain in args.domain
+    ]
+    _say(f"triobus worker running for {', '.join(args.domain)}; SIGINT or SIGTERM stops it")
+    first = await anext(aiter(signals))
+    running = sum(w.statistics().running for w in workers)
+    grace = max(w.options.grace_period for w in workers)
+    _say(
+        f"received {signal.Signals(first).name}: stopping: waiting up to {grace:g} s"
+        f" for {running} running handlers (send it again to stop at once)"
+    )
+    forced: int | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def stop_gracefully() -> None:
+            await runtime.stop_workers()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_gracefully)
+        async for signum in signals:
+            forced = signum
+            _say(f"received {signal.Signals(signum).name} again: stopping at once")
+            await runtime.stop_workers(grace_period=0)
+            break
+    return 0 if forced is None else 128 + forced
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 async def run_migrate(args: argparse.Namespace, dsn: str) -> None:
@@ -330,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = leaf(commands, "worker", "run workers until SIGINT/SIGTERM", run_worker)
     worker.add_argument("--app", required=True, help="handler registry, package.module:name")
     worker.add_argument("--domain", required=True, action="append", help="domain (repeatable)")
+    worker.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate the schema first (for a role that does not own it)",
+    )
     worker.add_argument("--concurrency", type=int, default=8)
     worker.add_argument(
         "--prefetch", type=int, default=0, help="commands claimed ahead of idle handlers"
@@ -406,12 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _dispatch(args: argparse.Namespace, dsn: str) -> None:
-    if args.action in (run_worker, run_migrate):
-        await args.action(args, dsn)
-        return
+async def _dispatch(args: argparse.Namespace, dsn: str) -> int:
+    """Run the command; its exit status."""
+    if args.action is run_worker:
+        status: int = await run_worker(args, dsn)
+        return status
+    if args.action is run_migrate:
+        await run_migrate(args, dsn)
+        return 0
     async with open_runtime(dsn, migrate=False) as runtime:
         await args.action(args, runtime)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,14 +536,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         check_dsn(dsn)  # its messages never quote the DSN, which may hold a password
-        trio.run(_dispatch, args, dsn)
+        return int(trio.run(_dispatch, args, dsn))
     except UsageError as ex:
         print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
         return EXIT_USAGE
+    except _ApplicationError as ex:
+        traceback.print_exception(ex.error, file=sys.stderr)
+        print(f"triobus: error: {ex}", file=sys.stderr)
+        return EXIT_ERROR
     except TriobusError as ex:
         print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
         return EXIT_ERROR
-    return 0
+    except KeyboardInterrupt:  # Ctrl-C outside the worker's own handling (starting up)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from triobus.actors.transaction import Transaction, open_transaction
 from triobus.actors.transactional import RESERVED_CONNECTIONS, TransactionSlots
 from triobus.actors.troubleshooting import TroubleshootingQueue
 from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
+from triobus.persistence.databases import check_schema_version
 from triobus.persistence.databases import migrate as apply_migrations
 from triobus.persistence.driver import DriverKind
 from triobus.persistence.embedded import open_embedded_postgres
@@ -138,14 +139,22 @@ class Runtime:
         poll_interval: float = 5.0,
         heartbeat_interval: float | None = None,
         grace_period: float = 10.0,
+        registry: HandlerRegistry | None = None,
     ) -> Worker:
         """Start a worker for `domain`; it is claiming when this returns.
 
         `heartbeat_interval` defaults to a third of `visibility_timeout`. `prefetch`
         commands beyond the idle handlers may be claimed ahead and wait (for short
-        handlers; see the worker module). The returned handle has `await stop()` and
-        `statistics()`.
+        handlers; see the worker module). The worker runs the handlers of `registry`,
+        else the runtime's. The returned handle has `await stop()` and `statistics()`.
         """
+        if registry is None:
+            registry = self.registry
+        elif not isinstance(registry, HandlerRegistry):
+            raise ValidationError(
+                f"registry must be a HandlerRegistry, got {type(registry).__name__}"
+                f" (worker of domain {domain!r})"
+            )
         options = WorkerOptions(
             domain=domain,
             concurrency=concurrency,
@@ -158,12 +167,12 @@ class Runtime:
             grace_period=grace_period,
             max_result_bytes=self.max_payload_bytes,
         )
-        if self.registry.has_transactional(options.domain):
+        if registry.has_transactional(options.domain):
             self._check_pool_size(options)
         worker = Worker(
             options,
             pool=self.pool,
-            registry=self.registry,
+            registry=registry,
             notifier=self._notifier,
             on_acked=self._batches.deliver_changes,
             bus=self.bus,
@@ -258,10 +267,12 @@ class Runtime:
             notifier_reconnects=self._notifier.reconnects,
         )
 
-    async def _stop_workers(self) -> None:
+    async def stop_workers(self, grace_period: float | None = None) -> None:
+        """Stop every worker (`Worker.stop`): at once, with `grace_period=0`. Leaving the
+        `open_runtime` block does this too, with each worker's own grace period."""
         async with trio.open_nursery() as nursery:
             for worker in self._workers:
-                nursery.start_soon(worker.stop)
+                nursery.start_soon(worker.stop, grace_period)
 
 
 @asynccontextmanager
@@ -281,8 +292,10 @@ async def open_runtime(
     The embedded cluster is private to this runtime and deleted when it closes.
     `driver` (or `$TRIOBUS_DRIVER`) chooses how psycopg is driven: "native" (default)
     or "thread" (the fallback on psycopg's public sync API). With `migrate=True` the
-    schema is brought up to date first. An asyncio loop (trio-asyncio) runs inside the
-    runtime for handlers registered with `asyncio=True`. Batch completion callbacks run
+    schema is brought up to date first; with `migrate=False` a schema that is missing,
+    older or newer than this triobus needs stops it with a `SchemaError` saying so. An
+    asyncio loop (trio-asyncio) runs inside the runtime for handlers registered with
+    `asyncio=True`. Batch completion callbacks run
     under `batch_callback_timeout`; watched batches are reconciled with the database every
     `batch_reconcile_interval` seconds in case a notification was lost.
     """
@@ -307,6 +320,8 @@ async def open_runtime(
                 dsn = await stack.enter_async_context(open_embedded_postgres())
             if options.migrate:
                 await apply_migrations(dsn, driver=options.driver)
+            else:
+                await check_schema_version(dsn, driver=options.driver)
             pool = await stack.enter_async_context(
                 open_pool(dsn, driver=options.driver, max_size=options.pool_size)
             )
@@ -333,7 +348,7 @@ async def open_runtime(
                     yield runtime
                 finally:
                     with trio.CancelScope(shield=True):
-                        await runtime._stop_workers()
+                        await runtime.stop_workers()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         sole = _sole_exception(group)

@@ -120,13 +120,15 @@ class WorkerOptions:
 @attrs.frozen(kw_only=True)
 class WorkerStatistics:
     """Counters since the worker started. `in_flight` counts claimed, unacknowledged
-    commands; `claim_statements` and `ack_batches` count the statements run for them;
-    `last_error` is the last error met, a handler's or the database's."""
+    commands, `running` those whose handler runs now; `claim_statements` and
+    `ack_batches` count the statements run for them; `last_error` is the last error met,
+    a handler's or the database's."""
 
     domain: str
     claim_statements: int
     claimed: int
     in_flight: int
+    running: int
     completed: int
     failed: int
     retried: int
@@ -206,6 +208,7 @@ class Worker:
             claim_statements=self._claimer.claim_statements,
             claimed=self._claimer.claimed,
             in_flight=len(self._in_flight),
+            running=self._in_flight.running,
             completed=acker.completed,
             failed=acker.failed,
             retried=acker.retried,
@@ -215,9 +218,12 @@ class Worker:
             last_error=self._last_error,
         )
 
-    async def stop(self) -> None:
-        """Stop claiming, let handlers finish within the grace period, release the rest."""
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Stop claiming, let handlers finish within the grace period (the worker's, or
+        `grace_period` if shorter: 0 cancels them at once), release the rest."""
         grace = self.options.grace_period
+        if grace_period is not None:
+            grace = min(grace, check_seconds("grace_period", grace_period, allow_zero=True))
         self._claimer.stop()
         self._handlers.stop(grace)
         # Results that cannot be written (database down) must not hold the stop forever.

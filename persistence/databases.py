@@ -1,5 +1,5 @@
-"""Whole databases: migrating one to the newest schema, and creating and dropping them
-(the test harness makes one database per test)."""
+"""Whole databases: migrating one to the newest schema or checking it is there, and
+creating and dropping them (the test harness makes one database per test)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from psycopg.conninfo import make_conninfo
 
 from triobus.persistence.driver import DriverKind, connect
 from triobus.persistence.errors import ValidationError
-from triobus.persistence.schema import migrate_connection
+from triobus.persistence.schema import check_schema, migrate_connection
 from triobus.persistence.validation import check_dsn
 
 _DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -32,6 +32,16 @@ async def migrate(dsn: str, *, driver: DriverKind = DriverKind.NATIVE) -> list[i
     conn = await connect(check_dsn(dsn), driver)
     try:
         return await migrate_connection(conn)
+    finally:
+        await conn.close()
+
+
+async def check_schema_version(dsn: str, *, driver: DriverKind = DriverKind.NATIVE) -> None:
+    """Raise `SchemaError` unless the database at `dsn` has the schema this triobus needs
+    (on a connection of its own: a database that cannot be reached fails at once)."""
+    conn = await connect(check_dsn(dsn), driver)
+    try:
+        await check_schema(conn)
     finally:
         await conn.close()
 

@@ -16,7 +16,7 @@ from importlib import resources
 import attrs
 
 from triobus.persistence.connection import Connection
-from triobus.persistence.errors import SchemaError
+from triobus.persistence.errors import DatabaseError, SchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS triobus.schema_version (
     applied_at timestamptz NOT NULL DEFAULT now())
 """
 SELECT_VERSIONS = "SELECT version FROM triobus.schema_version"
+VERSION_TABLE_EXISTS = "SELECT to_regclass('triobus.schema_version') IS NOT NULL AS found"
+INSUFFICIENT_PRIVILEGE = "42501"
+_HOW_TO_MIGRATE = "run `triobus migrate` as the role that owns the schema"
 INSERT_VERSION = "INSERT INTO triobus.schema_version (version, name) VALUES (%s, %s)"
 
 
@@ -57,7 +60,21 @@ def available_migrations() -> list[Migration]:
 
 
 async def migrate_connection(conn: Connection) -> list[int]:
-    """Apply pending migrations on `conn`; return the versions applied now."""
+    """Apply pending migrations on `conn`; return the versions applied now. A role
+    without the rights to migrate gets a `SchemaError` that says what to do instead."""
+    try:
+        return await _migrate(conn)
+    except DatabaseError as ex:
+        if ex.sqlstate != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise SchemaError(
+            f"migrating the schema was refused ({' '.join(str(ex).split())}): {_HOW_TO_MIGRATE},"
+            " and open this runtime without migrating (migrate=False; triobus worker"
+            " --no-migrate)"
+        ) from None
+
+
+async def _migrate(conn: Connection) -> list[int]:
     applied_now = []
     async with conn.transaction():
         await conn.execute(LOCK_MIGRATIONS, (_MIGRATION_LOCK_KEY,))
@@ -73,3 +90,35 @@ async def migrate_connection(conn: Connection) -> list[int]:
     if applied_now:
         logger.info("applied migrations %s", applied_now)
     return applied_now
+
+
+async def check_schema(conn: Connection) -> None:
+    """Raise `SchemaError`, in one line that says what to do, unless the schema is at
+    exactly the version these migrations make: missing, older or newer all stop here."""
+    needed = len(available_migrations())
+    rows = await conn.fetch_all(VERSION_TABLE_EXISTS)
+    if not rows or not rows[0]["found"]:
+        raise SchemaError(
+            f"schema triobus is missing from this database, this triobus needs version"
+            f" {needed}: {_HOW_TO_MIGRATE}"
+        )
+    try:
+        versions = {row["version"] for row in await conn.fetch_all(SELECT_VERSIONS)}
+    except DatabaseError as ex:
+        if ex.sqlstate != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise SchemaError(
+            "this role may not read triobus.schema_version, so the schema's version is"
+            " unknown: GRANT SELECT ON triobus.schema_version to it"
+        ) from None
+    current = max(versions, default=0)
+    if current > needed:
+        raise SchemaError(
+            f"schema triobus is at version {current}, newer than this triobus knows"
+            f" ({needed}): upgrade triobus"
+        )
+    if versions != set(range(1, needed + 1)):
+        raise SchemaError(
+            f"schema triobus is at version {current}, this triobus needs {needed}:"
+            f" {_HOW_TO_MIGRATE}"
+        )

@@ -1,12 +1,15 @@
-"""Fixtures of the driver contract: a test that takes `driver` runs with both drivers."""
+"""Fixtures: the driver contract (a test that takes `driver` runs with both drivers), pools,
+and the least-privilege roles of README.md."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
-from triobus.persistence.driver import DriverKind
+from triobus.persistence.driver import DriverKind, connect
 from triobus.persistence.pool import ConnectionPool, open_pool
 
 
@@ -28,3 +31,32 @@ async def queue_pool(triobus_dsn: str) -> AsyncIterator[ConnectionPool]:
     """A pool on the test database, for driving one worker role directly."""
     async with open_pool(triobus_dsn, max_size=4) as pool:
         yield pool
+
+
+# The statements README.md documents, for roles named producer, worker and operator.
+GRANTS = """
+GRANT USAGE ON SCHEMA triobus TO {producer}, {worker}, {operator};
+GRANT SELECT ON triobus.schema_version TO {producer}, {worker}, {operator};
+GRANT SELECT, INSERT ON triobus.command, triobus.batch, triobus.audit TO {producer};
+GRANT SELECT, DELETE ON triobus.reply TO {producer};
+GRANT SELECT, UPDATE ON triobus.command, triobus.batch TO {worker}, {operator};
+GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
+"""
+
+
+@pytest.fixture
+async def role_dsns(triobus_dsn: str) -> AsyncIterator[dict[str, str]]:
+    """DSNs of three fresh login roles holding exactly `GRANTS` on the test database."""
+    suffix = uuid.uuid4().hex[:8]
+    roles = {kind: f"triobus_{kind}_{suffix}" for kind in ("producer", "worker", "operator")}
+    admin = await connect(triobus_dsn)
+    try:
+        for role in roles.values():  # generated names: constants and hex only
+            await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(GRANTS.format(**roles))
+        yield {kind: make_conninfo(triobus_dsn, user=role) for kind, role in roles.items()}
+    finally:
+        for role in roles.values():
+            await admin.execute(f"DROP OWNED BY {role}")
+            await admin.execute(f"DROP ROLE {role}")
+        await admin.close()

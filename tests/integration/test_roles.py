@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,33 +20,7 @@ from triobus.actors import (
     open_runtime,
 )
 from triobus.persistence.driver import connect
-
-# The statements README.md documents, for roles named producer, worker and operator.
-GRANTS = """
-GRANT USAGE ON SCHEMA triobus TO {producer}, {worker}, {operator};
-GRANT SELECT, INSERT ON triobus.command, triobus.batch, triobus.audit TO {producer};
-GRANT SELECT, DELETE ON triobus.reply TO {producer};
-GRANT SELECT, UPDATE ON triobus.command, triobus.batch TO {worker}, {operator};
-GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
-"""
-
-
-@pytest.fixture
-async def role_dsns(triobus_dsn: str) -> AsyncIterator[dict[str, str]]:
-    """DSNs of three fresh login roles holding exactly `GRANTS` on the test database."""
-    suffix = uuid.uuid4().hex[:8]
-    roles = {kind: f"triobus_{kind}_{suffix}" for kind in ("producer", "worker", "operator")}
-    admin = await connect(triobus_dsn)
-    try:
-        for role in roles.values():  # generated names: constants and hex only
-            await admin.execute(f"CREATE ROLE {role} LOGIN")
-        await admin.execute(GRANTS.format(**roles))
-        yield {kind: make_conninfo(triobus_dsn, user=role) for kind, role in roles.items()}
-    finally:
-        for role in roles.values():
-            await admin.execute(f"DROP OWNED BY {role}")
-            await admin.execute(f"DROP ROLE {role}")
-        await admin.close()
+from triobus.persistence.errors import SchemaError
 
 
 async def test_producer_worker_and_operator_roles_suffice(
@@ -98,3 +72,34 @@ async def test_producer_worker_and_operator_roles_suffice(
             await operator.bus.ack_replies("q", [1])
         with pytest.raises(DatabaseError, match="permission denied"):
             await worker.bus.send("d", "Work", uuid.uuid4(), {})
+
+
+async def test_a_role_that_may_not_migrate_is_told_to_start_without_migrating(
+    role_dsns: dict[str, str],
+) -> None:
+    with pytest.raises(SchemaError) as raised:
+        async with open_runtime(role_dsns["worker"], migrate=True):
+            pass
+    message = str(raised.value)
+    assert message.startswith("migrating the schema was refused (permission denied")
+    assert message.endswith(
+        ": run `triobus migrate` as the role that owns the schema, and open this runtime"
+        " without migrating (migrate=False; triobus worker --no-migrate)"
+    )
+
+
+async def test_a_role_that_may_not_read_the_schema_version_is_told_the_grant(
+    triobus_dsn: str,
+) -> None:
+    role = f"triobus_blind_{uuid.uuid4().hex[:8]}"
+    admin = await connect(triobus_dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")  # a generated name
+        await admin.execute(f"GRANT USAGE ON SCHEMA triobus TO {role}")
+        with pytest.raises(SchemaError, match=r"GRANT SELECT ON triobus\.schema_version to it"):
+            async with open_runtime(make_conninfo(triobus_dsn, user=role), migrate=False):
+                pass
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()

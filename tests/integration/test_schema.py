@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import uuid
 
+import pytest
 import trio
 
+from triobus.actors import open_runtime
 from triobus.actors.pytest_plugin import SessionServer
 from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
+from triobus.persistence.errors import SchemaError
 from triobus.persistence.records import BatchStatus, CommandStatus, ReplyOutcome
 from triobus.persistence.schema import available_migrations
 
@@ -78,3 +81,48 @@ async def test_the_checked_value_lists_of_the_schema_are_the_enums(triobus_dsn: 
         await conn.close()
     checked = {row["conname"]: set(re.findall(r"'(\w+)'", row["definition"])) for row in rows}
     assert checked == {name: {str(v) for v in enum} for name, enum in VALUE_LISTS.items()}
+
+
+async def schema_error_of(dsn: str) -> str:
+    """The one line `open_runtime(migrate=False)` stops with on this database."""
+    with pytest.raises(SchemaError) as raised:
+        async with open_runtime(dsn, migrate=False):
+            pass
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+async def test_a_runtime_without_migrating_refuses_a_missing_older_or_newer_schema(
+    triobus_server: SessionServer, triobus_dsn: str
+) -> None:
+    needed = len(available_migrations())
+    name = f"triobus_empty_{uuid.uuid4().hex[:8]}"
+    empty = await create_database(triobus_server.admin_dsn, name)
+    try:
+        assert await schema_error_of(empty) == (
+            f"schema triobus is missing from this database, this triobus needs version {needed}:"
+            " run `triobus migrate` as the role that owns the schema"
+        )
+    finally:
+        await drop_database(triobus_server.admin_dsn, name)
+    conn = await connect(triobus_dsn)
+    try:
+        await conn.execute("DELETE FROM triobus.schema_version WHERE version = %s", (needed,))
+        assert await schema_error_of(triobus_dsn) == (
+            f"schema triobus is at version {needed - 1}, this triobus needs {needed}:"
+            " run `triobus migrate` as the role that owns the schema"
+        )
+        await conn.execute(
+            "INSERT INTO triobus.schema_version (version, name) VALUES (%s, 'later'), (%s, 'x')",
+            (needed, needed + 1),
+        )
+        assert await schema_error_of(triobus_dsn) == (
+            f"schema triobus is at version {needed + 1}, newer than this triobus knows"
+            f" ({needed}): upgrade triobus"
+        )
+        await conn.execute("DELETE FROM triobus.schema_version WHERE version > %s", (needed,))
+    finally:
+        await conn.close()
+    async with open_runtime(triobus_dsn, migrate=False):  # at its version: it opens
+        pass

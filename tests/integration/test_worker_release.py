@@ -6,10 +6,18 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import trio
 import trio.testing
 
-from triobus.actors import Command, CommandStatus, HandlerContext, Runtime, open_runtime
+from triobus.actors import (
+    Command,
+    CommandStatus,
+    HandlerContext,
+    Runtime,
+    ValidationError,
+    open_runtime,
+)
 from triobus.persistence.commands import insert_command
 from triobus.persistence.new_commands import new_command
 
@@ -87,3 +95,26 @@ async def claim_waiting_for_lock(runtime: Runtime) -> bool:
 
 async def has_status(runtime: Runtime, command_id: uuid.UUID, status: CommandStatus) -> bool:
     return (await status_and_attempts(runtime, command_id))[0] == status
+
+
+async def test_a_stop_without_grace_cancels_running_handlers_at_once_and_releases(
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
+) -> None:
+    runtime = triobus_runtime
+    started = trio.Event()
+
+    @runtime.registry.handler("d", "Hang")
+    async def hang(command: Command, ctx: HandlerContext) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    worker = await runtime.start_worker("d", grace_period=3600.0)
+    command_id = (await runtime.bus.send("d", "Hang", uuid.uuid4(), {})).command_id
+    with trio.fail_after(15):
+        await started.wait()
+    assert worker.statistics().running == 1
+    with pytest.raises(ValidationError, match="grace_period must be a number of seconds >= 0"):
+        await worker.stop(grace_period=-1)
+    with trio.fail_after(5):  # not the worker's hour
+        await runtime.stop_workers(grace_period=0)
+    assert await status_and_attempts(runtime, command_id) == (CommandStatus.PENDING, 0)

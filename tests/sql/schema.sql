@@ -16,3 +16,6 @@ SELECT pg_advisory_xact_lock(%s);
 
 -- name: SELECT_VERSIONS
 SELECT version FROM triobus.schema_version;
+
+-- name: VERSION_TABLE_EXISTS
+SELECT to_regclass('triobus.schema_version') IS NOT NULL AS found;

@@ -109,6 +109,7 @@ RUNTIME_CASES = [
                 ("poll_interval", "wrong-type", "5", "poll_interval must be a number of seconds"),
                 ("heartbeat_interval", "range", 30.0, "heartbeat_interval .* must be shorter"),
                 ("grace_period", "json", math.inf, "grace_period must be a number of seconds"),
+                ("registry", "wrong-type", {}, "registry must be a HandlerRegistry, got dict"),
             ]
         )
     ],
