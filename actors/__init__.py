@@ -15,11 +15,9 @@ Everything an application needs is importable from here::
         await runtime.bus.send("payments", "Debit", command_id, {"amount": 10})
 """
 
-# trio-asyncio patches asyncio when imported; code that binds asyncio functions at
-# import time (psycopg's asyncio waits, for one) must see the patched versions, so
-# import it before anything else for asyncio handlers that use such libraries.
-import trio_asyncio  # noqa: F401
-
+# First: trio-asyncio's patch of asyncio, and psycopg's waits pointed at it whenever
+# psycopg was imported (see the module).
+import triobus.actors.asyncio_patches  # noqa: F401
 from triobus.actors.bus import CommandBus
 from triobus.actors.handler_context import HandlerContext
 from triobus.actors.handlers import (

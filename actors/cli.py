@@ -19,12 +19,12 @@ import signal
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import attrs
 import trio
 
+from triobus.actors.application import KINDS, ApplicationError, started
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
 from triobus.persistence.databases import migrate
@@ -262,12 +262,7 @@ async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
     _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
 
 
-# What `--app` names: a registry, or a factory that builds the application's dependencies
-# around the workers' run and yields the registry of its handlers.
-Application = HandlerRegistry | Callable[[Runtime], AbstractAsyncContextManager[HandlerRegistry]]
-
-
-def _load_application(spec: str) -> Application:
+def _load_application(spec: str) -> object:
     """`module:attribute`, imported with the current directory on `sys.path` (as uvicorn
     and celery do); an error raised inside the application shows its traceback."""
     module_name, _, attribute = spec.partition(":")
@@ -286,56 +281,15 @@ def _load_application(spec: str) -> Application:
         missing = ex.name or ""
         if module_name == missing or module_name.startswith(missing + "."):  # not found at all
             raise UsageError(f"cannot load {spec!r}: {ex} (from {os.getcwd()})") from None
-        raise _ApplicationError(f"importing the application {spec!r} failed", ex) from ex
+        raise ApplicationError(f"importing the application {spec!r}", ex) from ex
     except Exception as ex:
-        raise _ApplicationError(f"importing the application {spec!r} failed", ex) from ex
+        raise ApplicationError(f"importing the application {spec!r}", ex) from ex
     application: object = getattr(module, attribute, None)
     if application is None:
         raise UsageError(f"cannot load {spec!r}: module {module_name!r} has no {attribute!r}")
     if not isinstance(application, HandlerRegistry) and not callable(application):
-        raise UsageError(f"{spec!r} is a {type(application).__name__}, {_APPLICATION_KINDS}")
-    return cast(Application, application)  # a factory's signature is checked when called
-
-
-_APPLICATION_KINDS = (
-    "not a HandlerRegistry nor a factory (a function taking the runtime and returning an"
-    " async context manager that yields a HandlerRegistry)"
-)
-
-
-class _ApplicationError(Exception):
-    """The application raised while loading or starting: its traceback is printed, then
-    this one line."""
-
-    def __init__(self, what: str, error: BaseException) -> None:
-        super().__init__(f"{what} (traceback above)")
-        self.error = error  # not only __cause__: leaving the runtime re-raises "from None"
-
-
-@asynccontextmanager
-async def _started(
-    application: Application, runtime: Runtime, spec: str
-) -> AsyncIterator[HandlerRegistry]:
-    """The registry to run: `application` itself, or what its factory yields (the
-    factory's dependencies are open for the block, and closed after it)."""
-    if isinstance(application, HandlerRegistry):
-        yield application
-        return
-    async with AsyncExitStack() as stack:
-        try:
-            context = application(runtime)
-            if not isinstance(context, AbstractAsyncContextManager):
-                raise UsageError(
-                    f"{spec!r} returned a {type(context).__name__}, {_APPLICATION_KINDS}"
-                )
-            registry = await stack.enter_async_context(context)
-        except (UsageError, TriobusError):
-            raise
-        except Exception as ex:
-            raise _ApplicationError(f"starting the application {spec!r} failed", ex) from ex
-        if not isinstance(registry, HandlerRegistry):
-            raise UsageError(f"{spec!r} yielded a {type(registry).__name__}, {_APPLICATION_KINDS}")
-        yield registry
+        raise UsageError(f"{spec!r} is a {type(application).__name__}, {KINDS}")
+    return application
 
 
 async def run_worker(args: argparse.Namespace, dsn: str) -> int:
@@ -346,7 +300,7 @@ async def run_worker(args: argparse.Namespace, dsn: str) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             open_runtime(dsn, migrate=not args.no_migrate) as runtime,
-            _started(application, runtime, args.app) as registry,
+            started(application, runtime, f"the application {args.app!r}") as registry,
         ):
             try:
                 return await _work(args, runtime, registry, signals)
@@ -540,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as ex:
         print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
         return EXIT_USAGE
-    except _ApplicationError as ex:
+    except ApplicationError as ex:
         traceback.print_exception(ex.error, file=sys.stderr)
         print(f"triobus: error: {ex}", file=sys.stderr)
         return EXIT_ERROR

@@ -5,7 +5,12 @@ Registered through the ``pytest11`` entry point, so installing triobus is enough
 * ``triobus_dsn``: the DSN of a fresh, migrated database for this test, dropped after it.
   The server is ``$TRIOBUS_DSN`` when set, else one embedded cluster per test session
   (started on first use, deleted at the end of the session).
-* ``triobus_runtime``: an open runtime on that database (for pytest-trio tests).
+* ``triobus_registry``: the handlers ``triobus_runtime`` runs. It is empty; override it in
+  the application's ``conftest.py`` to return the application's ``HandlerRegistry``, or
+  its application factory (``triobus worker --app`` takes the same two).
+* ``triobus_runtime``: an open runtime on that database running those handlers (for
+  pytest-trio tests, with ``trio_mode = true``); ``await triobus_runtime.drain(domain)``
+  runs the domain's commands until none is left to run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import attrs
 import pytest
 import trio
 
+from triobus.actors.application import Application, started
+from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
 from triobus.persistence.databases import create_database, database_dsn, drop_database, migrate
 from triobus.persistence.embedded import open_embedded_postgres
@@ -110,6 +117,24 @@ def triobus_dsn(triobus_server: SessionServer) -> Iterator[str]:
 
 
 @pytest.fixture
-async def triobus_runtime(triobus_dsn: str) -> AsyncIterator[Runtime]:
-    async with open_runtime(triobus_dsn, migrate=False) as runtime:
-        yield runtime
+def triobus_registry() -> Application:
+    """Override to return the application's registry, or its factory."""
+    return HandlerRegistry()
+
+
+@pytest.fixture
+async def triobus_runtime(
+    triobus_dsn: str, triobus_registry: Application
+) -> AsyncIterator[Runtime]:
+    """A runtime whose `registry` (what `start_worker` and `drain` run by default) holds
+    `triobus_registry`'s handlers; a factory's dependencies are open for the test."""
+    async with (
+        open_runtime(triobus_dsn, migrate=False) as runtime,
+        started(triobus_registry, runtime) as registry,
+    ):
+        runtime.registry = registry
+        try:
+            yield runtime
+        finally:  # a factory's dependencies are closed after the last handler
+            with trio.CancelScope(shield=True):
+                await runtime.stop_workers()

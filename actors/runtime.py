@@ -36,6 +36,7 @@ from triobus.actors.transaction import Transaction, open_transaction
 from triobus.actors.transactional import RESERVED_CONNECTIONS, TransactionSlots
 from triobus.actors.troubleshooting import TroubleshootingQueue
 from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
+from triobus.persistence.commands import count_runnable
 from triobus.persistence.databases import check_schema_version
 from triobus.persistence.databases import migrate as apply_migrations
 from triobus.persistence.driver import DriverKind
@@ -100,7 +101,8 @@ class RuntimeStatistics:
 
 class Runtime:
     """An open runtime. `bus` sends and queries commands, `tsq` is the troubleshooting
-    queue's operator interface, `start_worker` runs handlers."""
+    queue's operator interface, `start_worker` runs handlers: those of `registry` unless
+    told otherwise (the `triobus_runtime` fixture sets it to `triobus_registry`'s)."""
 
     def __init__(
         self,
@@ -181,6 +183,37 @@ class Runtime:
         await self._nursery.start(worker.run)
         self._workers.append(worker)
         return worker
+
+    async def drain(
+        self,
+        domain: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the documented API; fail_after inside
+        **worker_options: Any,
+    ) -> WorkerStatistics:
+        """Run `domain`'s commands through a worker of its own until none is left to run
+        now, then stop it and return its statistics (for tests and scripts).
+
+        "None left" means no command of the domain is IN_PROGRESS or PENDING and visible:
+        commands waiting for a retry's back-off, a delay or an operator stay where they
+        are. `worker_options` go to `start_worker` (its poll interval defaults to 0.05 s).
+        Raises `trio.TooSlowError` after `timeout` seconds.
+        """
+        checked_domain = check_name("domain", domain)
+        seconds = check_seconds("timeout", timeout, context=f"domain {checked_domain!r}")
+        worker_options.setdefault("poll_interval", 0.05)
+        worker = await self.start_worker(checked_domain, **worker_options)
+        try:
+            with trio.fail_after(seconds):
+                while True:
+                    async with self.pool.connection() as conn:
+                        if not await count_runnable(conn, checked_domain):
+                            break
+                    await trio.sleep(worker.options.poll_interval)
+        finally:
+            await worker.stop()
+            self._workers.remove(worker)
+        return worker.statistics()
 
     def _check_pool_size(self, options: WorkerOptions) -> None:
         """Warn when the pool cannot lend each of the worker's handlers a transaction."""

@@ -13,6 +13,7 @@ from uuid import UUID
 from triobus.persistence.audit import insert_sent_events
 from triobus.persistence.connection import Connection
 from triobus.persistence.errors import DuplicateCommandError
+from triobus.persistence.literals import literal
 from triobus.persistence.new_commands import NewCommand
 from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import CommandMetadata, CommandStatus, SendResult
@@ -36,6 +37,13 @@ SELECT command_id, {notify_sql(Channel.COMMAND, "domain")} FROM inserted
 """
 
 SELECT_COMMAND = "SELECT * FROM triobus.command WHERE domain = %s AND command_id = %s"
+
+# Commands a worker of the domain could run now, or runs: claimable or IN_PROGRESS.
+COUNT_RUNNABLE = f"""
+SELECT count(*) AS runnable FROM triobus.command
+WHERE domain = %s AND (status = {literal(CommandStatus.IN_PROGRESS)}
+                       OR (status = {literal(CommandStatus.PENDING)} AND visible_at <= now()))
+"""
 
 # query_commands: `{filters}` is the AND of the clauses of the filters given (TRUE when
 # none is); each clause is a constant of `COMMAND_FILTERS`, only values come from the caller.
@@ -113,3 +121,9 @@ async def select_commands(
         {**params, "limit": limit, "offset": offset},
     )
     return [CommandMetadata.from_row(row) for row in rows]
+
+
+async def count_runnable(conn: Connection, domain: str) -> int:
+    """How many commands of `domain` are IN_PROGRESS or PENDING and visible now."""
+    rows = await conn.fetch_all(COUNT_RUNNABLE, (domain,))
+    return int(rows[0]["runnable"])

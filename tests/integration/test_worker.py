@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -687,3 +690,13 @@ async def test_heartbeats_racing_acks_never_deadlock(
     assert batch.completed_count == 3000
     assert not [r for r in caplog.records if "deadlock" in r.getMessage()]
     assert all(w.statistics().discarded == 0 for w in workers)
+
+
+async def test_an_asyncio_handler_works_when_psycopg_was_imported_before_triobus(
+    triobus_dsn: str,
+) -> None:
+    script = Path(__file__).with_name("asyncio_handler_process.py")
+    result = await trio.run_process(
+        [sys.executable, str(script), triobus_dsn], capture_stdout=True, capture_stderr=True
+    )
+    assert json.loads(result.stdout) == {"status": "COMPLETED", "result": {"answer": 42}}

@@ -1,5 +1,10 @@
 -- Statements of triobus.persistence.commands, rendered by test_statements.py.
 
+-- name: COUNT_RUNNABLE
+SELECT count(*) AS runnable FROM triobus.command
+WHERE domain = %s AND (status = 'IN_PROGRESS'
+                       OR (status = 'PENDING' AND visible_at <= now()));
+
 -- name: INSERT_COMMAND
 WITH inserted AS (
     INSERT INTO triobus.command
