@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 MAX_ACK_BATCH = 500
 
 
+def _fields(result: HandlerResult) -> dict[str, str]:
+    """The fields a structured log line shows (`log_format.FIELDS`)."""
+    return {"domain": result.domain, "command_id": str(result.command_id)}
+
+
 class Acker:
     """Writes one domain's handler results (see the module docstring).
 
@@ -103,6 +108,7 @@ class Acker:
                     "discarded a late result for %s/%s: its lease was lost",
                     result.domain,
                     result.command_id,
+                    extra=_fields(result),
                 )
         if self._on_acked is not None and acked:
             self._on_acked(acked)
@@ -121,6 +127,7 @@ class Acker:
             outcome.event,
             result.error_code,
             result.error_message,
+            extra=_fields(result),
         )
         if outcome is Outcome.RETRY_SCHEDULED:
             self.retried += 1

@@ -11,48 +11,35 @@ the demo and tests, not for operators). Output is a table for people, or JSON wi
 from __future__ import annotations
 
 import argparse
-import importlib
+import getpass
 import json
 import logging
 import os
-import signal
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import attrs
 import trio
 
-from triobus.actors.application import KINDS, ApplicationError, started
-from triobus.actors.handlers import HandlerRegistry
+from triobus.actors.application import ApplicationError
+from triobus.actors.cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    one_line,
+)
+from triobus.actors.cli_worker import add_worker_arguments, run_worker
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
 from triobus.persistence.databases import migrate
 from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
 from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import check_dsn, check_seconds
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-
 Action = Callable[[argparse.Namespace, Runtime], Awaitable[Any]]
-
-
-class UsageError(Exception):
-    """A mistake in how the command was called (exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports a usage mistake in one line (no usage block); `--help` shows the usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
-
-
-def _one_line(message: object) -> str:
-    """A message on one line: libpq's messages carry a second, indented hint line."""
-    return " ".join(str(message).split())
 
 
 def _plain(value: Any) -> Any:
@@ -124,38 +111,57 @@ async def tsq_count(args: argparse.Namespace, runtime: Runtime) -> None:
 
 
 async def tsq_retry(args: argparse.Namespace, runtime: Runtime) -> None:
-    await runtime.tsq.operator_retry(args.domain, args.command_id, operator=args.operator)
+    data = None if args.data is None else _json_object("--data", args.data)
+    await runtime.tsq.operator_retry(
+        args.domain, args.command_id, data=data, operator=_operator(args)
+    )
     _emit(args, {"command_id": args.command_id, "action": "retried"})
+
+
+def _json_object(option: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as ex:
+        raise UsageError(f"{option} is not valid JSON: {ex}") from None
+    except RecursionError:
+        raise UsageError(f"{option} is nested too deeply to be read") from None
+
+
+def _operator(args: argparse.Namespace) -> str | None:
+    """`--operator`, else the login name: the audit trail says who acted."""
+    if args.operator is not None:
+        return str(args.operator)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name known (a container without one)
+        return None
 
 
 async def tsq_cancel(args: argparse.Namespace, runtime: Runtime) -> None:
     await runtime.tsq.operator_cancel(
-        args.domain, args.command_id, args.reason, operator=args.operator
+        args.domain, args.command_id, args.reason, operator=_operator(args)
     )
     _emit(args, {"command_id": args.command_id, "action": "canceled"})
 
 
 async def tsq_complete(args: argparse.Namespace, runtime: Runtime) -> None:
-    try:
-        result = None if args.result is None else json.loads(args.result)
-    except json.JSONDecodeError as ex:
-        raise UsageError(f"--result is not valid JSON: {ex}") from None
-    except RecursionError:
-        raise UsageError("--result is nested too deeply to be read") from None
+    result = None if args.result is None else _json_object("--result", args.result)
     await runtime.tsq.operator_complete(
-        args.domain, args.command_id, result_data=result, operator=args.operator
+        args.domain, args.command_id, result_data=result, operator=_operator(args)
     )
     _emit(args, {"command_id": args.command_id, "action": "completed"})
 
 
 async def tsq_retry_all(args: argparse.Namespace, runtime: Runtime) -> None:
-    count = await runtime.tsq.retry_all(args.domain, command_type=args.type, operator=args.operator)
+    count = await runtime.tsq.retry_all(
+        args.domain, command_type=args.type, operator=_operator(args)
+    )
     _emit(args, {"domain": args.domain, "retried": count})
 
 
 async def tsq_cancel_all(args: argparse.Namespace, runtime: Runtime) -> None:
     count = await runtime.tsq.cancel_all(
-        args.domain, args.reason, command_type=args.type, operator=args.operator
+        args.domain, args.reason, command_type=args.type, operator=_operator(args)
     )
     _emit(args, {"domain": args.domain, "canceled": count})
 
@@ -262,93 +268,6 @@ async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
     _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
 
 
-def _load_application(spec: str) -> object:
-    """`module:attribute`, imported with the current directory on `sys.path` (as uvicorn
-    and celery do); an error raised inside the application shows its traceback."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise UsageError(f"--app must look like package.module:registry, got {spec!r}")
-    if module_name.endswith(".py") or os.sep in module_name:
-        dotted = module_name.removesuffix(".py").strip(os.sep).replace(os.sep, ".")
-        raise UsageError(
-            f"--app takes a module's dotted name, not a file: try {dotted}:{attribute}"
-        )
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as ex:
-        missing = ex.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):  # not found at all
-            raise UsageError(f"cannot load {spec!r}: {ex} (from {os.getcwd()})") from None
-        raise ApplicationError(f"importing the application {spec!r}", ex) from ex
-    except Exception as ex:
-        raise ApplicationError(f"importing the application {spec!r}", ex) from ex
-    application: object = getattr(module, attribute, None)
-    if application is None:
-        raise UsageError(f"cannot load {spec!r}: module {module_name!r} has no {attribute!r}")
-    if not isinstance(application, HandlerRegistry) and not callable(application):
-        raise UsageError(f"{spec!r} is a {type(application).__name__}, {KINDS}")
-    return application
-
-
-async def run_worker(args: argparse.Namespace, dsn: str) -> int:
-    """Run workers until SIGINT or SIGTERM, then stop them gracefully; a second signal
-    stops them at once (running handlers cancelled, claimed commands released) and the
-    exit status is then 128 + the signal's number."""
-    application = _load_application(args.app)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with (
-            open_runtime(dsn, migrate=not args.no_migrate) as runtime,
-            started(application, runtime, f"the application {args.app!r}") as registry,
-        ):
-            try:
-                return await _work(args, runtime, registry, signals)
-            finally:  # the factory's dependencies are closed after the last handler
-                with trio.CancelScope(shield=True):
-                    await runtime.stop_workers()
-
-
-async def _work(
-    args: argparse.Namespace,
-    runtime: Runtime,
-    registry: HandlerRegistry,
-    signals: AsyncIterator[int],
-) -> int:
-    workers = [
-        await runtime.start_worker(
-            domain, concurrency=args.concurrency, prefetch=args.prefetch, registry=registry
-        )
-        for domain in args.domain
-    ]
-    _say(f"triobus worker running for {', '.join(args.domain)}; SIGINT or SIGTERM stops it")
-    first = await anext(aiter(signals))
-    running = sum(w.statistics().running for w in workers)
-    grace = max(w.options.grace_period for w in workers)
-    _say(
-        f"received {signal.Signals(first).name}: stopping: waiting up to {grace:g} s"
-        f" for {running} running handlers (send it again to stop at once)"
-    )
-    forced: int | None = None
-    async with trio.open_nursery() as nursery:
-
-        async def stop_gracefully() -> None:
-            await runtime.stop_workers()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(stop_gracefully)
-        async for signum in signals:
-            forced = signum
-            _say(f"received {signal.Signals(signum).name} again: stopping at once")
-            await runtime.stop_workers(grace_period=0)
-            break
-    return 0 if forced is None else 128 + forced
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 async def run_migrate(args: argparse.Namespace, dsn: str) -> None:
     applied = await migrate(dsn)
     _emit(args, {"applied": applied})
@@ -361,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     def options(default: Any) -> argparse.ArgumentParser:
         # Leaves take the same options with SUPPRESS defaults, so `triobus --json tsq list`
         # and `triobus tsq list --json` both work (a leaf default would overwrite the top's).
-        common = _Parser(add_help=False)
+        common = Parser(add_help=False)
         common.add_argument("--dsn", default=default, help=f"PostgreSQL DSN (default: ${DSN_ENV})")
         common.add_argument(
             "--json",
@@ -372,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         return common
 
     common = options(argparse.SUPPRESS)
-    parser = _Parser(prog="triobus", description=__doc__.split("\n")[0], parents=[options(None)])
+    parser = Parser(prog="triobus", description=__doc__.split("\n")[0], parents=[options(None)])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def leaf(group: Any, name: str, help_text: str, action: Any) -> argparse.ArgumentParser:
@@ -384,17 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaf(commands, "migrate", "apply pending schema migrations", run_migrate)
     worker = leaf(commands, "worker", "run workers until SIGINT/SIGTERM", run_worker)
-    worker.add_argument("--app", required=True, help="handler registry, package.module:name")
-    worker.add_argument("--domain", required=True, action="append", help="domain (repeatable)")
-    worker.add_argument(
-        "--no-migrate",
-        action="store_true",
-        help="do not migrate the schema first (for a role that does not own it)",
-    )
-    worker.add_argument("--concurrency", type=int, default=8)
-    worker.add_argument(
-        "--prefetch", type=int, default=0, help="commands claimed ahead of idle handlers"
-    )
+    add_worker_arguments(worker)
 
     tsq = commands.add_parser("tsq", help="troubleshooting queue").add_subparsers(
         dest="tsq_command", required=True, metavar="ACTION"
@@ -417,7 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = leaf(tsq, name, help_text, action)
         sub.add_argument("domain")
         sub.add_argument("command_id")
-        sub.add_argument("--operator", help="who acts (recorded in the audit trail)")
+        sub.add_argument(
+            "--operator", help="who acts, recorded in the audit trail (default: login name)"
+        )
+        if name == "retry":
+            sub.add_argument("--data", help="corrected command data, a JSON object")
         if name == "cancel":
             sub.add_argument("--reason", required=True)
         if name == "complete":
@@ -429,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = leaf(tsq, name, help_text, action)
         sub.add_argument("domain")
         sub.add_argument("--type", help="only this command type")
-        sub.add_argument("--operator", help="who acts (recorded in the audit trail)")
+        sub.add_argument(
+            "--operator", help="who acts, recorded in the audit trail (default: login name)"
+        )
         if name == "cancel-all":
             sub.add_argument("--reason", required=True)
 
@@ -492,14 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_dsn(dsn)  # its messages never quote the DSN, which may hold a password
         return int(trio.run(_dispatch, args, dsn))
     except UsageError as ex:
-        print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
+        print(f"triobus: error: {one_line(ex)}", file=sys.stderr)
         return EXIT_USAGE
     except ApplicationError as ex:
         traceback.print_exception(ex.error, file=sys.stderr)
         print(f"triobus: error: {ex}", file=sys.stderr)
         return EXIT_ERROR
     except TriobusError as ex:
-        print(f"triobus: error: {_one_line(ex)}", file=sys.stderr)
+        print(f"triobus: error: {one_line(ex)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # Ctrl-C outside the worker's own handling (starting up)
         return EXIT_INTERRUPTED

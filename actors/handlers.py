@@ -157,6 +157,14 @@ class HandlerRegistry:
     def get(self, domain: str, command_type: str) -> Handler | None:
         return self._handlers.get((domain, command_type))
 
+    def command_types(self, domain: str) -> list[str]:
+        """The command types of `domain` that have a handler, sorted."""
+        return sorted(t for d, t in self._handlers if d == domain)
+
+    def domains(self) -> list[str]:
+        """The domains that have at least one handler, sorted."""
+        return sorted({d for d, _ in self._handlers})
+
     def has_transactional(self, domain: str) -> bool:
         """True when a handler of `domain` is registered with `transactional=True`."""
         return any(h.transactional for (d, _), h in self._handlers.items() if d == domain)

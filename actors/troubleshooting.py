@@ -95,16 +95,28 @@ class TroubleshootingQueue:
         domain: str,
         command_id: UUID | str,
         *,
+        data: dict[str, object] | None = None,
         operator: str | None = None,
         conn: Transaction | None = None,
     ) -> None:
-        """Send a TSQ command back to PENDING with its attempts reset, visible now."""
+        """Send a TSQ command back to PENDING with its attempts reset, visible now.
+
+        With `data`, the command runs again with that data instead (checked as `send`
+        checks it); the OPERATOR_RETRY audit event records whether it changed and the
+        previous data, besides the operator.
+        """
         checked_domain, checked_id, context = self._key(domain, command_id)
+        data_json = None
+        if data is not None:
+            data_json = encode_payload(
+                "data", data, max_bytes=self._max_payload_bytes, context=context
+            )
         await self._act_on_one(
             OperatorAction.RETRY,
             checked_domain,
             checked_id,
             operator=_optional_operator(operator, context),
+            data_json=data_json,
             conn=joined(conn, self._pool, context),
         )
 
@@ -208,6 +220,7 @@ class TroubleshootingQueue:
         operator: str | None,
         reason: str | None = None,
         result_json: str | None = None,
+        data_json: str | None = None,
         conn: Transaction | None,
     ) -> None:
         # A transaction of its own, or a savepoint in the caller's (left usable if it fails).
@@ -228,6 +241,7 @@ class TroubleshootingQueue:
                 operator=operator,
                 reason=reason,
                 result_json=result_json,
+                data_json=data_json,
             )
         self._notify(changed, conn)
 

@@ -46,18 +46,25 @@ LOCK_COMMAND_STATUS = """
 SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE
 """
 
+# A retry may correct the command's data (`data`, NULL: keep it); its audit event then
+# records whether the data changed and what it was.
 RETRY_FROM_TSQ = f"""
-WITH changed AS (
+WITH previous AS (
+    SELECT domain, command_id, data FROM triobus.command WHERE {_IN_SCOPE}
+), changed AS (
     UPDATE triobus.command
     SET status = {literal(CommandStatus.PENDING)}, attempts = 0, visible_at = now(),
-        lease_token = NULL, updated_at = now()
+        lease_token = NULL, updated_at = now(), data = coalesce(%(data)s::jsonb, data)
     WHERE {_IN_SCOPE}
-    RETURNING domain, command_id, batch_id, status
+    RETURNING domain, command_id, batch_id, status, data
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, {literal(AuditEventType.OPERATOR_RETRY)},
+    SELECT c.domain, c.command_id, {literal(AuditEventType.OPERATOR_RETRY)},
            jsonb_build_object('operator', %(operator)s::text)
-    FROM changed
+           || CASE WHEN %(data)s::jsonb IS NULL THEN '{{}}'::jsonb
+                   ELSE jsonb_build_object('data_changed', c.data IS DISTINCT FROM p.data,
+                                           'previous_data', p.data) END
+    FROM changed c JOIN previous p ON p.domain = c.domain AND p.command_id = c.command_id
 ), {batch_count_ctes(StatusChange("changed", old=_IN_TSQ_SQL, new="status"))}
 {select_changes("changed", notify_sql(Channel.COMMAND, "c.domain"))}
 """
@@ -165,8 +172,10 @@ async def apply_operator_action(
     operator: str | None = None,
     reason: str | None = None,
     result_json: str | None = None,
+    data_json: str | None = None,
 ) -> list[CommandChange]:
-    """Apply `action` to the TSQ commands in scope (one command, or a domain/type in bulk)."""
+    """Apply `action` to the TSQ commands in scope (one command, or a domain/type in bulk).
+    `data_json` is a retry's corrected data (None: unchanged)."""
     rows = await conn.fetch_all(
         action.statement,
         {
@@ -174,6 +183,7 @@ async def apply_operator_action(
             "operator": operator,
             "reason": reason,
             "result": result_json,
+            "data": data_json,
         },
     )
     return CommandChange.from_rows(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -114,6 +115,23 @@ async def test_tsq_actions(
     assert {(r["command_id"], r["outcome"]) for r in replies} == {
         (str(first), ReplyOutcome.CANCELED),
         (str(second), ReplyOutcome.SUCCESS),
+    }
+
+
+async def test_tsq_retry_with_corrected_data_records_the_login_name_as_operator(
+    triobus_runtime: Runtime, triobus_dsn: str, parked: list[uuid.UUID]
+) -> None:
+    command_id = parked[0]
+    bad = await cli("tsq", "retry", "d", str(command_id), "--data", "{nope", dsn=triobus_dsn)
+    assert bad.returncode == 2 and "--data is not valid JSON" in bad.stderr
+    retried = await cli("tsq", "retry", "d", str(command_id), "--data", '{"n": 2}', dsn=triobus_dsn)
+    assert retried.returncode == 0, retried.stderr
+    trail = await triobus_runtime.bus.get_audit_trail(command_id, "d")
+    retry = next(e for e in trail if e.event_type == "OPERATOR_RETRY")
+    assert retry.details == {
+        "operator": getpass.getuser(),  # no --operator: the login name
+        "data_changed": True,
+        "previous_data": {"n": 1},
     }
 
 

@@ -3,6 +3,7 @@ under the least-privilege worker role, and stopping on one signal or at once on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.integration.test_cli import TRIOBUS, cli
 from triobus.actors import CommandStatus, Runtime
@@ -33,6 +35,11 @@ async def hello(command, ctx):
 @registry.handler("d", "Hang")
 async def hang(command, ctx):
     await trio.sleep_forever()
+
+
+@registry.handler("d", "Fail")
+async def fail(command, ctx):
+    raise RuntimeError("the rates service is down")
 """
 
 
@@ -86,8 +93,12 @@ class WorkerProcess:
     process: trio.Process
     lines: list[str] = attrs.field(factory=list)
 
+    def read_line_with(self, text: str) -> str:
+        """The first line read so far that holds `text`."""
+        return next(line for line in self.lines if text in line)
+
     async def line_with(self, text: str) -> str:
-        """Read stderr until a line holds `text`."""
+        """Read stderr until a new line holds `text`."""
         assert self.process.stderr is not None
         buffer = b""
         with trio.fail_after(30):
@@ -109,13 +120,17 @@ async def start_worker(app_folder: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[trio.Process] = []
 
     async def start(
-        dsn: str, *extra: str, app: str = "invoicing.handlers:registry"
+        dsn: str,
+        *extra: str,
+        app: str = "invoicing.handlers:registry",
+        domain: str = "d",
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         process = await trio.lowlevel.open_process(
-            [TRIOBUS, "worker", "--app", app, "--domain", "d", *extra],
+            [TRIOBUS, "worker", "--app", app, "--domain", domain, *extra],
             cwd=str(app_folder),
-            env={**environment, "TRIOBUS_DSN": dsn},
+            env={**environment, "TRIOBUS_DSN": dsn, **(env or {})},
             stderr=subprocess.PIPE,
         )
         started.append(process)
@@ -276,3 +291,70 @@ async def test_a_file_path_gets_the_dotted_form_and_an_error_in_the_app_shows_it
         "triobus: error: starting the application 'invoicing.failing:application' failed"
         " (traceback above)"
     )
+
+
+async def test_options_come_from_flags_and_the_environment_and_json_logs_carry_fields(
+    triobus_runtime: Runtime,
+    triobus_dsn: str,
+    start_worker: Callable[..., Any],
+    eventually: Callable[..., Any],
+) -> None:
+    worker = await start_worker(
+        triobus_dsn,
+        *("--log-format", "json", "--stats-interval", "0.2"),
+        domain="d=3",
+        env={"TRIOBUS_MAX_ATTEMPTS": "1", "TRIOBUS_GRACE_PERIOD": "7"},
+    )
+    started = json.loads(worker.read_line_with("worker for domain"))  # before "running"
+    assert started["level"] == "INFO" and started["logger"] == "triobus.worker"
+    assert started["domain"] == "d" and "T" in started["timestamp"]
+    assert "concurrency 3" in started["message"]
+    assert "handlers: Fail, Hang, Hello" in started["message"]
+    host = conninfo_to_dict(triobus_dsn).get("host")
+    assert f"database {host}" in started["message"]
+    sent = await triobus_runtime.bus.send("d", "Fail", uuid.uuid4(), {})
+    failed = json.loads(await worker.line_with("RETRY_EXHAUSTED"))  # one attempt: the env's
+    assert (failed["level"], failed["domain"], failed["command_id"]) == (
+        "WARNING",
+        "d",
+        str(sent.command_id),
+    )
+    statistics = json.loads(await worker.line_with("statistics of 'd'"))
+    assert "to the TSQ 1" in statistics["message"]
+    worker.process.send_signal(signal.SIGTERM)
+    assert "waiting up to 7 s" in await worker.line_with("stopping")
+    with trio.fail_after(30):
+        assert await worker.process.wait() == 0
+    assert all(json.loads(line) for line in worker.lines)  # every line is JSON
+
+
+async def test_a_domain_without_handlers_is_warned_of(
+    triobus_dsn: str, start_worker: Callable[..., Any]
+) -> None:
+    worker = await start_worker(triobus_dsn, domain="dd")
+    warning = worker.read_line_with("has no registered handler")  # logged before "running"
+    assert "WARNING" in warning and "registers handlers for: d" in warning
+
+
+async def test_every_worker_option_is_in_help_with_its_variable() -> None:
+    shown = await cli("worker", "--help")
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    for variable in (
+        "TRIOBUS_APP",
+        "TRIOBUS_DOMAINS",
+        "TRIOBUS_NO_MIGRATE",
+        "TRIOBUS_CONCURRENCY",
+        "TRIOBUS_PREFETCH",
+        "TRIOBUS_VISIBILITY_TIMEOUT",
+        "TRIOBUS_HEARTBEAT_INTERVAL",
+        "TRIOBUS_POLL_INTERVAL",
+        "TRIOBUS_HANDLER_TIMEOUT",
+        "TRIOBUS_GRACE_PERIOD",
+        "TRIOBUS_MAX_ATTEMPTS",
+        "TRIOBUS_BACKOFF",
+        "TRIOBUS_LOG_LEVEL",
+        "TRIOBUS_LOG_FORMAT",
+        "TRIOBUS_STATS_INTERVAL",
+    ):
+        assert f"${variable}" in text, variable

@@ -116,6 +116,48 @@ async def test_operator_retry_runs_the_command_again(
     assert await triobus_runtime.tsq.count_troubleshooting("d") == 0
 
 
+async def test_operator_retry_with_corrected_data_runs_on_it_and_records_the_old(
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
+) -> None:
+    runtime = triobus_runtime
+
+    @runtime.registry.handler("d", "Bill")
+    async def bill(command: Command, ctx: HandlerContext) -> dict[str, object]:
+        if command.data["amount"] <= 0:
+            raise PermanentCommandError("BAD_AMOUNT", "an amount must be positive")
+        return {"billed": command.data["amount"]}
+
+    await runtime.start_worker("d", poll_interval=0.05)
+    command_id = (await runtime.bus.send("d", "Bill", uuid.uuid4(), {"amount": -5})).command_id
+
+    async def status_is(status: CommandStatus) -> bool:
+        command = await runtime.bus.get_command("d", command_id)
+        return command is not None and command.status is status
+
+    await eventually(lambda: status_is(CommandStatus.IN_TROUBLESHOOTING_QUEUE))
+    bad_data: list[tuple[Any, str]] = [
+        ([1], "data must be a JSON object"),
+        ({"amount": float("nan")}, "Out of range float values"),
+    ]
+    for bad, message in bad_data:
+        with pytest.raises(ValidationError, match=message):
+            await runtime.tsq.operator_retry("d", command_id, data=bad, operator="alice")
+    assert await status_is(CommandStatus.IN_TROUBLESHOOTING_QUEUE)  # nothing written
+    await runtime.tsq.operator_retry("d", command_id, data={"amount": 5}, operator="alice")
+    await eventually(lambda: status_is(CommandStatus.COMPLETED))
+    command = await runtime.bus.get_command("d", command_id)
+    assert command is not None
+    assert (command.data, command.result) == ({"amount": 5}, {"billed": 5})
+    [retry] = [
+        e for e in await runtime.bus.get_audit_trail(command_id) if e.event_type is E.OPERATOR_RETRY
+    ]
+    assert retry.details == {
+        "operator": "alice",
+        "data_changed": True,
+        "previous_data": {"amount": -5},
+    }
+
+
 async def test_operator_cancel_writes_a_canceled_reply(
     triobus_runtime: Runtime, park: Callable[..., Any]
 ) -> None:

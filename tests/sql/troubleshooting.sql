@@ -207,19 +207,26 @@ WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
 SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE;
 
 -- name: RETRY_FROM_TSQ
-WITH changed AS (
+WITH previous AS (
+    SELECT domain, command_id, data FROM triobus.command WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
+      AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
+      AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+), changed AS (
     UPDATE triobus.command
     SET status = 'PENDING', attempts = 0, visible_at = now(),
-        lease_token = NULL, updated_at = now()
+        lease_token = NULL, updated_at = now(), data = coalesce(%(data)s::jsonb, data)
     WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
-    RETURNING domain, command_id, batch_id, status
+    RETURNING domain, command_id, batch_id, status, data
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, 'OPERATOR_RETRY',
+    SELECT c.domain, c.command_id, 'OPERATOR_RETRY',
            jsonb_build_object('operator', %(operator)s::text)
-    FROM changed
+           || CASE WHEN %(data)s::jsonb IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('data_changed', c.data IS DISTINCT FROM p.data,
+                                           'previous_data', p.data) END
+    FROM changed c JOIN previous p ON p.domain = c.domain AND p.command_id = c.command_id
 ), status_changes AS (
     SELECT domain, batch_id, 'IN_TROUBLESHOOTING_QUEUE' AS old_status, status AS new_status
     FROM changed
