@@ -18,6 +18,7 @@ from triobus.actors.transaction import (
     statement_connection,
 )
 from triobus.persistence import audit, batches, commands, replies
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.new_commands import new_batch, new_command
 from triobus.persistence.notifications import Channel
 from triobus.persistence.pool import ConnectionPool
@@ -28,6 +29,7 @@ from triobus.persistence.records import (
     BatchStatus,
     CommandMetadata,
     CommandStatus,
+    DomainStatistics,
     Reply,
     SendResult,
 )
@@ -61,8 +63,10 @@ class CommandBus:
         batches: BatchSupervisor,
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        json_default: JsonDefault | None = None,
     ) -> None:
         self._pool = pool
+        self.json_default = json_default
         self._notifier = notifier
         self._batches = batches
         self.max_payload_bytes = check_max_payload_bytes("max_payload_bytes", max_payload_bytes)
@@ -102,6 +106,7 @@ class CommandBus:
             delay=delay,
             not_before=not_before,
             max_payload_bytes=self.max_payload_bytes,
+            json_default=self.json_default,
         )
         transaction = joined(conn, self._pool, command.context)
         async with statement_connection(self._pool, transaction) as connection:
@@ -162,6 +167,13 @@ class CommandBus:
                 limit=checked_limit,
                 offset=checked_offset,
             )
+
+    async def domain_statistics(self, domain: str | None = None) -> list[DomainStatistics]:
+        """Commands per status, and the oldest runnable PENDING command's wait, of
+        `domain` or of every domain (one scan of their commands: for people)."""
+        checked = None if domain is None else check_name("domain", domain)
+        async with self._pool.connection() as conn:
+            return await commands.select_domain_statistics(conn, checked)
 
     async def get_audit_trail(
         self, command_id: UUID | str, domain: str | None = None
@@ -252,6 +264,7 @@ class CommandBus:
             name=name,
             custom_data=custom_data,
             max_payload_bytes=self.max_payload_bytes,
+            json_default=self.json_default,
         )
         if on_complete is not None:
             check_async_callable("on_complete", on_complete, context=batch.context)

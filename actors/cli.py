@@ -36,7 +36,8 @@ from triobus.actors.cli_worker import add_worker_arguments, run_worker
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
 from triobus.persistence.databases import migrate
 from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
-from triobus.persistence.records import BatchMetadata
+from triobus.persistence.records import BatchMetadata, CommandStatus
+from triobus.persistence.schema import available_migrations
 from triobus.persistence.validation import check_dsn, check_seconds
 
 Action = Callable[[argparse.Namespace, Runtime], Awaitable[Any]]
@@ -72,16 +73,22 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _whole(value: Any) -> str:
+    if value is None:
+        return "-"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
 def _emit(args: argparse.Namespace, value: Any, columns: Sequence[str] | None = None) -> None:
     plain = _plain(value)
     if args.json:
         print(json.dumps(plain, indent=2, sort_keys=True))
     elif columns is not None:
         print(_table(plain, columns))
-    elif isinstance(plain, dict):
+    elif isinstance(plain, dict):  # one record: every value whole
         width = max(len(k) for k in plain)
         for key, item in plain.items():
-            print(f"{key.ljust(width)}  {_cell(item) if key != 'data' else json.dumps(item)}")
+            print(f"{key.ljust(width)}  {_whole(item)}")
     else:
         print(plain)
 
@@ -171,7 +178,50 @@ async def command_show(args: argparse.Namespace, runtime: Runtime) -> None:
     if command is None:
         raise TriobusError(f"command {args.command_id} not found in domain {args.domain!r}")
     trail = await runtime.bus.get_audit_trail(args.command_id, domain=args.domain)
-    _emit_with_trail(args, "command", command, trail)
+    shown = _plain(command)
+    if command.status is CommandStatus.IN_TROUBLESHOOTING_QUEUE:
+        del shown["visible_at"]  # it waits for an operator, not for a time
+    _emit_with_trail(args, "command", shown, trail)
+
+
+COMMAND_COLUMNS = ("command_id", "command_type", "status", "attempts", "batch_id", "created_at")
+
+
+async def command_list(args: argparse.Namespace, runtime: Runtime) -> None:
+    found = await runtime.bus.query_commands(
+        domain=args.domain,
+        status=args.status,
+        command_type=args.type,
+        correlation_id=args.correlation_id,
+        batch_id=args.batch_id,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    _emit(args, found, COMMAND_COLUMNS if args.domain else ("domain", *COMMAND_COLUMNS))
+
+
+STATS_COLUMNS = (
+    "domain",
+    "pending",
+    "in_progress",
+    "completed",
+    "failed",
+    "canceled",
+    "in_troubleshooting_queue",
+    "oldest_pending_seconds",
+)
+
+
+async def stats(args: argparse.Namespace, runtime: Runtime) -> None:
+    found = await runtime.bus.domain_statistics(args.domain)
+    if not args.json:
+        found = [  # seconds to one decimal for people
+            attrs.evolve(s, oldest_pending_seconds=round(s.oldest_pending_seconds, 1))
+            if s.oldest_pending_seconds is not None
+            else s
+            for s in found
+        ]
+    _emit(args, found, STATS_COLUMNS)
 
 
 def _emit_with_trail(args: argparse.Namespace, kind: str, record: Any, trail: Any) -> None:
@@ -223,11 +273,16 @@ def progress_line(batch: BatchMetadata, rate: float, width: int = 30) -> str:
     filled = width * done // batch.total_count
     remaining = batch.total_count - done
     eta = f"{remaining / rate:.0f}s" if rate > 0 and remaining else "-"
+    waiting = batch.in_troubleshooting_count
+    pace = (
+        f"waiting for an operator: {waiting} in the troubleshooting queue"
+        if waiting and remaining == waiting and not batch.is_final
+        else f"{rate:.1f}/s  ETA {eta}"
+    )
     return (
         f"[{'#' * filled}{'.' * (width - filled)}] {done}/{batch.total_count} "
         f"{100 * done // batch.total_count}%  failed {batch.failed_count}  "
-        f"canceled {batch.canceled_count}  in TSQ {batch.in_troubleshooting_count}  "
-        f"{rate:.1f}/s  ETA {eta}  {batch.status}"
+        f"canceled {batch.canceled_count}  in TSQ {waiting}  {pace}  {batch.status}"
     )
 
 
@@ -240,15 +295,17 @@ async def batch_watch(args: argparse.Namespace, runtime: Runtime) -> None:
     batch = await _existing_batch(args, runtime)
     started, first_done = trio.current_time(), _done(batch)
     live = sys.stdout.isatty() and not args.json
+    shown = 0  # the length of the line on the terminal, to be overwritten whole
     while True:
         elapsed = trio.current_time() - started
         rate = (_done(batch) - first_done) / elapsed if elapsed > 0 else 0.0
         if not args.json:
-            print(
-                ("\r" if live else "") + progress_line(batch, rate),
-                end="" if live else "\n",
-                flush=True,
-            )
+            line = progress_line(batch, rate)
+            if live:
+                print(f"\r{line.ljust(shown)}", end="", flush=True)
+                shown = len(line)
+            else:
+                print(line, flush=True)
         if batch.is_final:
             break
         await trio.sleep(args.interval)
@@ -270,7 +327,13 @@ async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
 
 async def run_migrate(args: argparse.Namespace, dsn: str) -> None:
     applied = await migrate(dsn)
-    _emit(args, {"applied": applied})
+    version = len(available_migrations())
+    if args.json:
+        _emit(args, {"applied": applied, "version": version})
+    elif applied:
+        print(f"schema at version {version} (applied {', '.join(map(str, applied))})")
+    else:
+        print(f"schema already at version {version}")
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -354,6 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     show = leaf(command, "show", "a command and its audit trail", command_show)
     show.add_argument("domain")
     show.add_argument("command_id")
+    listing = leaf(command, "list", "commands, newest first", command_list)
+    listing.add_argument("--domain", help="only this domain")
+    listing.add_argument("--status", help="only this status")
+    listing.add_argument("--type", help="only this command type")
+    listing.add_argument("--correlation-id", help="only this correlation id")
+    listing.add_argument("--batch-id", help="only the commands of this batch")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--offset", type=int, default=0)
+
+    counts = leaf(
+        commands, "stats", "commands per domain and status, oldest pending wait, TSQ", stats
+    )
+    counts.add_argument("domain", nargs="?", help="only this domain")
 
     batch = commands.add_parser("batch", help="batches").add_subparsers(
         dest="batch_command", required=True, metavar="ACTION"

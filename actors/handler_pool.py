@@ -35,6 +35,7 @@ from triobus.actors.outcomes import (
 from triobus.actors.transaction import Transaction
 from triobus.actors.transactional import TransactionSlots
 from triobus.persistence.errors import InvalidOperationError
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.queue import ClaimedCommand, HandlerResult
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class HandlerPool:
         retry_policy: RetryPolicy,
         handler_timeout: float | None,
         max_result_bytes: int,
+        json_default: JsonDefault | None = None,
         bus: CommandBus | None = None,
         transactions: TransactionSlots | None = None,
     ) -> None:
@@ -66,6 +68,7 @@ class HandlerPool:
         self._retry_policy = retry_policy
         self._handler_timeout = handler_timeout
         self._max_result_bytes = max_result_bytes
+        self._json_default = json_default
         self._scope = trio.CancelScope()
         self._stopping = False
 
@@ -105,7 +108,11 @@ class HandlerPool:
     async def _attempt(self, claim: ClaimedCommand) -> AckMessage:
         def result_of(run: HandlerRun) -> HandlerResult:
             return outcome_of(
-                claim, run, self._retry_policy, max_result_bytes=self._max_result_bytes
+                claim,
+                run,
+                self._retry_policy,
+                max_result_bytes=self._max_result_bytes,
+                json_default=self._json_default,
             )
 
         handler = self._registry.get(self.domain, claim.command.command_type)

@@ -24,6 +24,7 @@ import attrs
 
 from triobus.actors.handlers import BusinessRuleError, CommandHandlerError, PermanentCommandError
 from triobus.persistence.errors import ValidationError
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.queue import ClaimedCommand, HandlerResult, Outcome
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -157,6 +158,7 @@ def outcome_of(
     policy: RetryPolicy,
     *,
     max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
 ) -> HandlerResult:
     """The result to acknowledge for `run` of `claim` (the table in the module docstring).
     Error text is stored as PostgreSQL can store it (`storable_text`), never refused."""
@@ -176,6 +178,7 @@ def outcome_of(
                     "handler result",
                     run.value,
                     max_bytes=max_result_bytes,
+                    json_default=json_default,
                     context=f"domain {command.domain!r}, command {command.command_id}",
                 )
             )

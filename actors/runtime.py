@@ -42,6 +42,7 @@ from triobus.persistence.databases import migrate as apply_migrations
 from triobus.persistence.driver import DriverKind
 from triobus.persistence.embedded import open_embedded_postgres
 from triobus.persistence.errors import BatchNotFoundError, InvalidOperationError, ValidationError
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
 from triobus.persistence.records import BatchMetadata
 from triobus.persistence.validation import (
@@ -70,6 +71,13 @@ def _check_registry(options: RuntimeOptions, attribute: Any, value: object) -> N
         raise ValidationError(f"registry must be a HandlerRegistry, got {type(value).__name__}")
 
 
+def _check_json_default(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ValidationError(
+            f"json_default must be a callable or None, got {type(value).__name__}"
+        )
+
+
 def _to_driver_kind(value: object) -> DriverKind:
     return check_enum("driver", DriverKind, value)
 
@@ -87,6 +95,7 @@ class RuntimeOptions:
     )
     batch_callback_timeout: float = attrs.field(default=60.0, validator=checked_by(check_seconds))
     batch_reconcile_interval: float = attrs.field(default=5.0, validator=checked_by(check_seconds))
+    json_default: JsonDefault | None = attrs.field(default=None, validator=_check_json_default)
 
 
 @attrs.frozen
@@ -119,9 +128,19 @@ class Runtime:
         self.pool = pool
         self.registry = options.registry
         max_payload_bytes = self.max_payload_bytes = options.max_payload_bytes
-        self.bus = CommandBus(pool, notifier, batches, max_payload_bytes=max_payload_bytes)
+        json_default = options.json_default
+        self.bus = CommandBus(
+            pool,
+            notifier,
+            batches,
+            max_payload_bytes=max_payload_bytes,
+            json_default=json_default,
+        )
         self.tsq = TroubleshootingQueue(
-            pool, on_changed=batches.deliver_changes, max_payload_bytes=max_payload_bytes
+            pool,
+            on_changed=batches.deliver_changes,
+            max_payload_bytes=max_payload_bytes,
+            json_default=json_default,
         )
         self._batches = batches
         self._notifier = notifier
@@ -168,6 +187,7 @@ class Runtime:
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             max_result_bytes=self.max_payload_bytes,
+            json_default=self.options.json_default,
         )
         if registry.has_transactional(options.domain):
             self._check_pool_size(options)
@@ -319,6 +339,7 @@ async def open_runtime(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     batch_callback_timeout: float = 60.0,
     batch_reconcile_interval: float = 5.0,
+    json_default: JsonDefault | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime on `dsn`, else on `$TRIOBUS_DSN`, else on an embedded cluster.
 
@@ -330,7 +351,9 @@ async def open_runtime(
     asyncio loop (trio-asyncio) runs inside the runtime for handlers registered with
     `asyncio=True`. Batch completion callbacks run
     under `batch_callback_timeout`; watched batches are reconciled with the database every
-    `batch_reconcile_interval` seconds in case a notification was lost.
+    `batch_reconcile_interval` seconds in case a notification was lost. Payloads (command
+    data, results, an operator's data) may hold Decimal, UUID, dates and enums
+    (`json_values`); `json_default` encodes further types.
     """
     _check_running_on_trio("open_runtime")
     if dsn is not None:
@@ -343,6 +366,7 @@ async def open_runtime(
         max_payload_bytes=max_payload_bytes,
         batch_callback_timeout=batch_callback_timeout,
         batch_reconcile_interval=batch_reconcile_interval,
+        json_default=json_default,
     )
     try:
         async with AsyncExitStack() as stack:

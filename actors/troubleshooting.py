@@ -19,6 +19,7 @@ from triobus.actors.transaction import (
     statement_connection,
 )
 from triobus.persistence.errors import CommandNotFoundError, InvalidOperationError
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import CommandChange, CommandStatus, TroubleshootingItem
 from triobus.persistence.troubleshooting import (
@@ -61,7 +62,9 @@ class TroubleshootingQueue:
         on_changed: OnChanges | None = None,
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        json_default: JsonDefault | None = None,
     ) -> None:
+        self._json_default = json_default
         self._pool = pool
         self._on_changed = on_changed
         self._max_payload_bytes = max_payload_bytes
@@ -109,7 +112,11 @@ class TroubleshootingQueue:
         data_json = None
         if data is not None:
             data_json = encode_payload(
-                "data", data, max_bytes=self._max_payload_bytes, context=context
+                "data",
+                data,
+                max_bytes=self._max_payload_bytes,
+                context=context,
+                json_default=self._json_default,
             )
         await self._act_on_one(
             OperatorAction.RETRY,
@@ -154,7 +161,11 @@ class TroubleshootingQueue:
         result_json = None
         if result_data is not None:
             result_json = encode_payload(
-                "result_data", result_data, max_bytes=self._max_payload_bytes, context=context
+                "result_data",
+                result_data,
+                max_bytes=self._max_payload_bytes,
+                context=context,
+                json_default=self._json_default,
             )
         await self._act_on_one(
             OperatorAction.COMPLETE,

@@ -36,6 +36,7 @@ from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.transactional import TransactionSlots
 from triobus.persistence.errors import ValidationError
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.queue import ClaimedCommand
 from triobus.persistence.validation import (
@@ -60,6 +61,14 @@ def _check_retry_policy(options: WorkerOptions, attribute: Any, value: object) -
         )
 
 
+def _check_json_default(options: WorkerOptions, attribute: Any, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ValidationError(
+            f"json_default must be a callable or None, got {type(value).__name__}"
+            f" ({options.validation_context})"
+        )
+
+
 def _check_heartbeat_interval(options: WorkerOptions, attribute: Any, value: float | None) -> None:
     check_optional_seconds(attribute.name, value, context=options.validation_context)
     if value is not None and value >= options.visibility_timeout:
@@ -78,7 +87,8 @@ class WorkerOptions:
     handlers. A claim's lease lasts `visibility_timeout` and is extended every
     `heartbeat_interval` (default: a third of the timeout). An idle worker polls every
     `poll_interval`. `handler_timeout` (None: none) bounds a handler run; `grace_period`
-    the wait for running handlers when stopping. `max_result_bytes` bounds a result.
+    the wait for running handlers when stopping. `max_result_bytes` bounds a result, and
+    `json_default` encodes its values of types JSON and `json_values` do not cover.
     """
 
     # Checked in this order: the first bad one is reported.
@@ -104,6 +114,7 @@ class WorkerOptions:
     max_result_bytes: int = attrs.field(
         default=DEFAULT_MAX_PAYLOAD_BYTES, validator=checked_by(check_max_payload_bytes)
     )
+    json_default: JsonDefault | None = attrs.field(default=None, validator=_check_json_default)
 
     @property
     def validation_context(self) -> str:
@@ -177,6 +188,7 @@ class Worker:
             retry_policy=options.retry_policy,
             handler_timeout=options.handler_timeout,
             max_result_bytes=options.max_result_bytes,
+            json_default=options.json_default,
             bus=bus,
             transactions=TransactionSlots(pool) if transactions is None else transactions,
         )

@@ -16,7 +16,12 @@ from triobus.persistence.errors import DuplicateCommandError
 from triobus.persistence.literals import literal
 from triobus.persistence.new_commands import NewCommand
 from triobus.persistence.notifications import Channel, notify_sql
-from triobus.persistence.records import CommandMetadata, CommandStatus, SendResult
+from triobus.persistence.records import (
+    CommandMetadata,
+    CommandStatus,
+    DomainStatistics,
+    SendResult,
+)
 
 INSERT_COMMAND = f"""
 WITH inserted AS (
@@ -37,6 +42,23 @@ SELECT command_id, {notify_sql(Channel.COMMAND, "domain")} FROM inserted
 """
 
 SELECT_COMMAND = "SELECT * FROM triobus.command WHERE domain = %s AND command_id = %s"
+
+# The operator's view of the queue (`triobus stats`): counts per status; it scans the
+# domain's commands, so it is for people, not for a loop.
+_STATUS_COUNTS = ",\n       ".join(
+    f"count(*) FILTER (WHERE status = {literal(status)}) AS {status.lower()}"
+    for status in CommandStatus
+)
+SELECT_DOMAIN_STATISTICS = f"""
+SELECT domain,
+       {_STATUS_COUNTS},
+       extract(epoch FROM now() - min(visible_at) FILTER (
+           WHERE status = {literal(CommandStatus.PENDING)} AND visible_at <= now()
+       ))::float8 AS oldest_pending_seconds
+FROM triobus.command
+WHERE %(domain)s::text IS NULL OR domain = %(domain)s
+GROUP BY domain ORDER BY domain
+"""
 
 # Commands a worker of the domain could run now, or runs: claimable or IN_PROGRESS.
 COUNT_RUNNABLE = f"""
@@ -127,3 +149,9 @@ async def count_runnable(conn: Connection, domain: str) -> int:
     """How many commands of `domain` are IN_PROGRESS or PENDING and visible now."""
     rows = await conn.fetch_all(COUNT_RUNNABLE, (domain,))
     return int(rows[0]["runnable"])
+
+
+async def select_domain_statistics(conn: Connection, domain: str | None) -> list[DomainStatistics]:
+    """`DomainStatistics` of `domain`, or of every domain that has commands."""
+    rows = await conn.fetch_all(SELECT_DOMAIN_STATISTICS, {"domain": domain})
+    return [DomainStatistics.from_row(row) for row in rows]

@@ -14,6 +14,7 @@ from uuid import UUID
 import attrs
 
 from triobus.persistence.errors import DuplicateCommandError, ValidationError
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.records import BatchCommand
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -92,6 +93,7 @@ def new_command(
     delay: object = None,
     not_before: object = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
     correlation_ids: CorrelationIds | None = None,
     known_valid_names: set[str] | None = None,
 ) -> NewCommand:
@@ -111,7 +113,9 @@ def new_command(
             domain=checked_domain,
             command_type=check_name("command_type", command_type, known_valid=names),
             command_id=checked_id,
-            data_json=encode_payload("data", data, max_bytes=max_payload_bytes),
+            data_json=encode_payload(
+                "data", data, max_bytes=max_payload_bytes, json_default=json_default
+            ),
             correlation_id=(
                 (correlation_ids or CorrelationIds()).next()
                 if correlation_id is None
@@ -139,6 +143,7 @@ def new_batch_commands(
     commands: object,
     *,
     max_payload_bytes: int,
+    json_default: JsonDefault | None = None,
     context: str,
 ) -> list[NewCommand]:
     """Validate every command of a batch of `domain` (already checked: its name is taken
@@ -171,6 +176,7 @@ def new_batch_commands(
                 delay=command.delay,
                 not_before=command.not_before,
                 max_payload_bytes=max_payload_bytes,
+                json_default=json_default,
                 correlation_ids=correlation_ids,
                 known_valid_names=known_valid_names,
             )
@@ -213,6 +219,7 @@ def new_batch(
     name: object = None,
     custom_data: object = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
 ) -> NewBatch:
     """Validate everything `create_batch` takes; a batch id is generated when none is given."""
     checked_domain = check_name("domain", domain)
@@ -230,7 +237,11 @@ def new_batch(
             None
             if custom_data is None
             else encode_payload(
-                "custom_data", custom_data, max_bytes=max_payload_bytes, context=context
+                "custom_data",
+                custom_data,
+                max_bytes=max_payload_bytes,
+                context=context,
+                json_default=json_default,
             )
         ),
         commands=new_batch_commands(
@@ -238,6 +249,7 @@ def new_batch(
             checked_batch_id,
             commands,
             max_payload_bytes=max_payload_bytes,
+            json_default=json_default,
             context=context,
         ),
     )

@@ -55,6 +55,7 @@ from triobus.persistence.errors import (
     TriobusError,
     ValidationError,
 )
+from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.new_commands import new_batch, new_command
 from triobus.persistence.records import BatchCommand, SendResult
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
@@ -156,6 +157,7 @@ def send(
     delay: float | None = None,
     not_before: datetime | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
 ) -> SendResult:
     """`bus.send` on the caller's sync connection (see the module docstring)."""
     command = new_command(
@@ -169,6 +171,7 @@ def send(
         delay=delay,
         not_before=not_before,
         max_payload_bytes=max_payload_bytes,
+        json_default=json_default,
     )
     _check_connection(conn, psycopg.Connection, command.context)
     return _completed(insert_command(_SyncConnection(conn), command))
@@ -187,6 +190,7 @@ async def send_async(
     delay: float | None = None,
     not_before: datetime | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
 ) -> SendResult:
     """`bus.send` on the caller's asyncio connection (see the module docstring)."""
     command = new_command(
@@ -200,6 +204,7 @@ async def send_async(
         delay=delay,
         not_before=not_before,
         max_payload_bytes=max_payload_bytes,
+        json_default=json_default,
     )
     _check_connection(conn, psycopg.AsyncConnection, command.context)
     return await insert_command(_AsyncioConnection(conn), command)
@@ -214,6 +219,7 @@ def create_batch(
     name: str | None = None,
     custom_data: dict[str, object] | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
 ) -> UUID:
     """`bus.create_batch` on the caller's sync connection, without a callback (a worker
     process's batch actors, or `get_batch`, follow it). Returns the batch id."""
@@ -224,6 +230,7 @@ def create_batch(
         name=name,
         custom_data=custom_data,
         max_payload_bytes=max_payload_bytes,
+        json_default=json_default,
     )
     _check_connection(conn, psycopg.Connection, batch.context)
     _completed(store_batch(_SyncConnection(conn), batch))
@@ -239,6 +246,7 @@ async def create_batch_async(
     name: str | None = None,
     custom_data: dict[str, object] | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
 ) -> UUID:
     """`create_batch` on the caller's asyncio connection."""
     batch = new_batch(
@@ -248,6 +256,7 @@ async def create_batch_async(
         name=name,
         custom_data=custom_data,
         max_payload_bytes=max_payload_bytes,
+        json_default=json_default,
     )
     _check_connection(conn, psycopg.AsyncConnection, batch.context)
     await store_batch(_AsyncioConnection(conn), batch)

@@ -168,6 +168,25 @@ class CommandMetadata:
 
 
 @attrs.frozen(kw_only=True)
+class DomainStatistics:
+    """How many commands of a domain are in each status, and how long the oldest
+    runnable PENDING command has waited since it became visible (None: none waits)."""
+
+    domain: str
+    pending: int
+    in_progress: int
+    completed: int
+    failed: int
+    canceled: int
+    in_troubleshooting_queue: int
+    oldest_pending_seconds: float | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> DomainStatistics:
+        return cls(**{field.name: row[field.name] for field in attrs.fields(cls)})
+
+
+@attrs.frozen(kw_only=True)
 class TroubleshootingItem:
     """A command waiting in the TSQ for an operator; `entered_at` is when it moved there."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -19,6 +18,7 @@ from uuid import UUID
 from psycopg.conninfo import conninfo_to_dict
 
 from triobus.persistence.errors import ValidationError
+from triobus.persistence.json_values import JsonDefault, encoder
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -31,7 +31,6 @@ MAX_BIGINT = 2**63 - 1  # offsets and reply ids are PostgreSQL bigints
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 # json.dumps escapes NUL as \u0000; jsonb refuses it. An escaped backslash before it is not it.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def _check_str(kind: str, value: object, *, max_length: int, where: str) -> str:
@@ -207,19 +206,31 @@ def check_dsn(value: object) -> str:
     return value
 
 
-def encode_payload(kind: str, data: object, *, max_bytes: int, context: str = "") -> str:
-    """A JSON object, encoded; rejects non-JSON values, NaN/Infinity, NUL and oversize."""
+def encode_payload(
+    kind: str,
+    data: object,
+    *,
+    max_bytes: int,
+    context: str = "",
+    json_default: JsonDefault | None = None,
+) -> str:
+    """A JSON object, encoded (Decimal, UUID, dates and enums as `json_values` says, other
+    types by `json_default`); rejects other values, NaN/Infinity, NUL and oversize."""
     where = f" ({context})" if context else ""
     if not isinstance(data, Mapping):
         raise ValidationError(
             f"{kind} must be a JSON object (a mapping), got {type(data).__name__}{where}"
         )
+    if json_default is not None and not callable(json_default):
+        raise ValidationError(
+            f"json_default must be a callable or None, got {type(json_default).__name__}{where}"
+        )
     try:
-        text = _JSON.encode(data if type(data) is dict else dict(data))
+        text = encoder(json_default).encode(data if type(data) is dict else dict(data))
         # ASCII text is as many bytes as characters; other text is encoded, which also
         # refuses lone surrogates (UnicodeEncodeError is a ValueError)
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    except (TypeError, ValueError, RecursionError) as ex:
+    except Exception as ex:  # what JSON refuses, and whatever an application hook raises
         raise ValidationError(f"{kind} is not JSON-serialisable: {ex}{where}") from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValidationError(

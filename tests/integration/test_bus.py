@@ -177,7 +177,7 @@ async def test_audit_trail_is_in_sequence_order(triobus_runtime: Runtime) -> Non
         ({"command_type": "bad type"}, "may only contain"),
         ({"command_id": "not-a-uuid"}, "command_id must be a UUID"),
         ({"data": [1, 2]}, "must be a JSON object"),
-        ({"data": {"when": datetime.now(UTC)}}, "not JSON-serialisable"),
+        ({"data": {"when": object()}}, "not JSON-serialisable"),
         ({"data": {"tags": {1, 2}}}, "not JSON-serialisable"),
         ({"data": {"x": float("nan")}}, "not JSON-serialisable"),
         ({"data": {"big": "x" * 2_000_000}}, "limit is 1048576"),

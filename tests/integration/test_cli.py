@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import trio
 
 from triobus.actors import (
     BatchCommand,
+    BatchMetadata,
+    BatchStatus,
     Command,
     CommandStatus,
     HandlerContext,
@@ -26,6 +29,10 @@ from triobus.actors import (
     ReplyOutcome,
     Runtime,
 )
+from triobus.actors.cli import progress_line
+from triobus.actors.pytest_plugin import SessionServer
+from triobus.persistence.databases import create_database, drop_database
+from triobus.persistence.schema import available_migrations
 
 TRIOBUS = str(Path(sys.executable).with_name("triobus"))
 
@@ -147,8 +154,34 @@ async def test_command_show_includes_the_audit_trail(
     document = json.loads(shown.stdout)
     assert document["command"]["status"] == "IN_TROUBLESHOOTING_QUEUE"
     assert [e["event_type"] for e in document["audit"]] == ["SENT", "RECEIVED", "MOVED_TO_TSQ"]
+    assert "visible_at" not in document["command"]  # it waits for an operator, not a time
     human = await cli("command", "show", "d", str(parked[0]), dsn=triobus_dsn)
     assert "MOVED_TO_TSQ" in human.stdout and "status" in human.stdout
+    assert "visible_at" not in human.stdout.split("\n\n")[0]  # the record, not its trail
+
+
+async def test_command_show_prints_long_errors_and_details_whole(
+    triobus_runtime: Runtime, triobus_dsn: str, eventually: Callable[..., Any]
+) -> None:
+    message = "the card processor answered: " + "declined, " * 20
+
+    @triobus_runtime.registry.handler("d", "Charge")
+    async def charge(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("DECLINED", message, {"codes": list(range(30))})
+
+    await triobus_runtime.start_worker("d", poll_interval=0.05)
+    sent = await triobus_runtime.bus.send("d", "Charge", uuid.uuid4(), {"card": "x" * 80})
+
+    async def parked() -> bool:
+        return await triobus_runtime.tsq.count_troubleshooting("d") == 1
+
+    await eventually(parked)
+    human = await cli("command", "show", "d", str(sent.command_id), dsn=triobus_dsn)
+    assert message.strip() in human.stdout
+    assert json.dumps(list(range(30))) in human.stdout
+    assert "x" * 80 in human.stdout
+    record = human.stdout.split("\n\n")[0]  # the command, before its audit trail
+    assert "..." not in record
 
 
 @pytest.mark.parametrize(
@@ -220,10 +253,78 @@ async def test_batch_list_show_and_watch(triobus_runtime: Runtime, triobus_dsn: 
     assert missing.returncode == 1 and "not found in domain 'd'" in missing.stderr
 
 
-async def test_migrate(triobus_dsn: str) -> None:
+async def test_migrate_says_the_version_it_leaves(
+    triobus_server: SessionServer, triobus_dsn: str
+) -> None:
+    version = len(available_migrations())
     result = await cli("migrate", "--json", dsn=triobus_dsn)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"applied": []}  # the test database is migrated
+    assert json.loads(result.stdout) == {"applied": [], "version": version}
+    again = await cli("migrate", dsn=triobus_dsn)
+    assert again.stdout.strip() == f"schema already at version {version}"
+    name = f"triobus_fresh_{uuid.uuid4().hex[:8]}"
+    fresh = await create_database(triobus_server.admin_dsn, name)
+    try:
+        applied = await cli("migrate", dsn=fresh)
+        versions = ", ".join(str(v) for v in range(1, version + 1))
+        assert applied.stdout.strip() == f"schema at version {version} (applied {versions})"
+    finally:
+        await drop_database(triobus_server.admin_dsn, name)
+
+
+async def test_stats_and_command_list_show_the_queue(
+    triobus_runtime: Runtime, triobus_dsn: str, parked: list[uuid.UUID]
+) -> None:
+    waiting = await triobus_runtime.bus.send("e", "Later", uuid.uuid4(), {"n": 3})
+    everything = json.loads((await cli("stats", "--json", dsn=triobus_dsn)).stdout)
+    by_domain = {s["domain"]: s for s in everything}
+    assert set(by_domain) == {"d", "e"}
+    assert by_domain["d"]["in_troubleshooting_queue"] == 2
+    assert by_domain["d"]["oldest_pending_seconds"] is None
+    assert by_domain["e"]["pending"] == 1 and by_domain["e"]["oldest_pending_seconds"] >= 0
+    one = await cli("stats", "e", dsn=triobus_dsn)
+    header, row = one.stdout.strip().splitlines()
+    assert header.split()[:3] == ["DOMAIN", "PENDING", "IN_PROGRESS"]
+    assert row.split()[:2] == ["e", "1"]
+
+    listed = await cli(
+        "command",
+        "list",
+        "--domain",
+        "d",
+        "--status",
+        "IN_TROUBLESHOOTING_QUEUE",
+        "--json",
+        dsn=triobus_dsn,
+    )
+    assert {c["command_id"] for c in json.loads(listed.stdout)} == {str(i) for i in parked}
+    table = await cli("command", "list", dsn=triobus_dsn)
+    assert table.stdout.splitlines()[0].split()[:3] == ["DOMAIN", "COMMAND_ID", "COMMAND_TYPE"]
+    assert str(waiting.command_id) in table.stdout
+
+
+def test_batch_watch_says_when_only_operators_can_finish_the_batch() -> None:
+    now = datetime.now(UTC)
+    batch = BatchMetadata(
+        domain="d",
+        batch_id=uuid.uuid4(),
+        name=None,
+        custom_data=None,
+        status=BatchStatus.IN_PROGRESS,
+        total_count=10,
+        completed_count=8,
+        failed_count=0,
+        canceled_count=0,
+        in_troubleshooting_count=2,
+        created_at=now,
+        started_at=now,
+        completed_at=None,
+    )
+    line = progress_line(batch, 0.0)
+    assert "waiting for an operator: 2 in the troubleshooting queue" in line
+    assert "ETA" not in line
+    running = attrs.evolve(batch, in_troubleshooting_count=1)
+    assert "ETA" in progress_line(running, 0.0)  # one is still to run
 
 
 async def test_worker_runs_until_sigterm(

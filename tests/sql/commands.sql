@@ -33,3 +33,18 @@ SELECT * FROM triobus.command WHERE domain = %s AND command_id = %s;
 -- name: SELECT_COMMANDS
 SELECT * FROM triobus.command WHERE domain = %(domain)s AND status = %(status)s AND command_type = %(command_type)s AND correlation_id = %(correlation_id)s AND batch_id = %(batch_id)s AND created_at > %(created_after)s AND created_at < %(created_before)s
 ORDER BY created_at DESC, command_id LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: SELECT_DOMAIN_STATISTICS
+SELECT domain,
+       count(*) FILTER (WHERE status = 'PENDING') AS pending,
+       count(*) FILTER (WHERE status = 'IN_PROGRESS') AS in_progress,
+       count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed,
+       count(*) FILTER (WHERE status = 'CANCELED') AS canceled,
+       count(*) FILTER (WHERE status = 'IN_TROUBLESHOOTING_QUEUE') AS in_troubleshooting_queue,
+       extract(epoch FROM now() - min(visible_at) FILTER (
+           WHERE status = 'PENDING' AND visible_at <= now()
+       ))::float8 AS oldest_pending_seconds
+FROM triobus.command
+WHERE %(domain)s::text IS NULL OR domain = %(domain)s
+GROUP BY domain ORDER BY domain;

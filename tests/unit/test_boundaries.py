@@ -19,6 +19,7 @@ TRIO_FREE = (
     "commands",
     "connection",
     "errors",
+    "json_values",
     "literals",
     "new_commands",
     "notifications",
