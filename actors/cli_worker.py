@@ -20,6 +20,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -46,17 +47,29 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 @attrs.frozen
 class DomainSpec:
-    """`--domain NAME` or `--domain NAME=CONCURRENCY`."""
+    """`--domain NAME`, `NAME=CONCURRENCY` or `NAME=CONCURRENCY/PREFETCH`: None takes
+    `--concurrency` or `--prefetch`."""
 
     name: str
     concurrency: int | None = None
+    prefetch: int | None = None
+
+
+_DOMAIN_SPEC = re.compile(r"(?P<name>[^=]+)(?:=(?P<concurrency>\d+)(?:/(?P<prefetch>\d+))?)?")
 
 
 def _domain_spec(text: str) -> DomainSpec:
-    name, sep, concurrency = text.partition("=")
-    if not name or (sep and not concurrency.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected DOMAIN or DOMAIN=CONCURRENCY, got {text!r}")
-    return DomainSpec(name, int(concurrency) if sep else None)
+    match = _DOMAIN_SPEC.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected DOMAIN, DOMAIN=CONCURRENCY or DOMAIN=CONCURRENCY/PREFETCH, got {text!r}"
+        )
+    concurrency, prefetch = match["concurrency"], match["prefetch"]
+    return DomainSpec(
+        match["name"],
+        None if concurrency is None else int(concurrency),
+        None if prefetch is None else int(prefetch),
+    )
 
 
 def _delays(text: str) -> tuple[float, ...]:
@@ -90,7 +103,8 @@ def add_worker_arguments(worker: argparse.ArgumentParser) -> None:
         "--domain",
         action="append",
         type=_domain_spec,
-        help="DOMAIN or DOMAIN=CONCURRENCY, repeatable ($TRIOBUS_DOMAINS: comma-separated)",
+        help="DOMAIN, DOMAIN=CONCURRENCY or DOMAIN=CONCURRENCY/PREFETCH, repeatable"
+        " ($TRIOBUS_DOMAINS: comma-separated)",
     )
     worker.add_argument(
         "--no-migrate",
@@ -186,7 +200,7 @@ async def _start(
     return await runtime.start_worker(
         domain.name,
         concurrency=args.concurrency if domain.concurrency is None else domain.concurrency,
-        prefetch=args.prefetch,
+        prefetch=args.prefetch if domain.prefetch is None else domain.prefetch,
         visibility_timeout=args.visibility_timeout,
         heartbeat_interval=args.heartbeat_interval,
         poll_interval=args.poll_interval,

@@ -192,6 +192,8 @@ async def test_command_show_prints_long_errors_and_details_whole(
         (("tsq", "complete", "d", str(uuid.UUID(int=1)), "--result", "{oops"), 2, "not valid JSON"),
         (("command", "show", "d", str(uuid.UUID(int=1))), 1, "not found"),
         (("worker", "--app", "nowhere.module:registry", "--domain", "d"), 2, "cannot load"),
+        (("worker", "--app", "a.b:registry", "--domain", "d=many"), 2, "expected DOMAIN"),
+        (("worker", "--app", "a.b:registry", "--domain", "d", "--backoff", "1,x"), 2, "commas"),
     ],
 )
 async def test_expected_errors_are_one_line_with_a_status(

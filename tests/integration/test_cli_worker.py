@@ -302,13 +302,13 @@ async def test_options_come_from_flags_and_the_environment_and_json_logs_carry_f
     worker = await start_worker(
         triobus_dsn,
         *("--log-format", "json", "--stats-interval", "0.2"),
-        domain="d=3",
+        domain="d=3/2",
         env={"TRIOBUS_MAX_ATTEMPTS": "1", "TRIOBUS_GRACE_PERIOD": "7"},
     )
     started = json.loads(worker.read_line_with("worker for domain"))  # before "running"
     assert started["level"] == "INFO" and started["logger"] == "triobus.worker"
     assert started["domain"] == "d" and "T" in started["timestamp"]
-    assert "concurrency 3" in started["message"]
+    assert "concurrency 3, prefetch 2" in started["message"]
     assert "handlers: Fail, Hang, Hello" in started["message"]
     host = conninfo_to_dict(triobus_dsn).get("host")
     assert f"database {host}" in started["message"]
