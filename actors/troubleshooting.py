@@ -109,15 +109,7 @@ class TroubleshootingQueue:
         previous data, besides the operator.
         """
         checked_domain, checked_id, context = self._key(domain, command_id)
-        data_json = None
-        if data is not None:
-            data_json = encode_payload(
-                "data",
-                data,
-                max_bytes=self._max_payload_bytes,
-                context=context,
-                json_default=self._json_default,
-            )
+        data_json = self._encoded("data", data, context)
         await self._act_on_one(
             OperatorAction.RETRY,
             checked_domain,
@@ -158,15 +150,7 @@ class TroubleshootingQueue:
     ) -> None:
         """Complete a TSQ command by hand; its reply (if any) is SUCCESS with `result_data`."""
         checked_domain, checked_id, context = self._key(domain, command_id)
-        result_json = None
-        if result_data is not None:
-            result_json = encode_payload(
-                "result_data",
-                result_data,
-                max_bytes=self._max_payload_bytes,
-                context=context,
-                json_default=self._json_default,
-            )
+        result_json = self._encoded("result_data", result_data, context)
         await self._act_on_one(
             OperatorAction.COMPLETE,
             checked_domain,
@@ -214,6 +198,18 @@ class TroubleshootingQueue:
             operator=_optional_operator(operator, context),
             reason=check_text("reason", reason, max_length=1000, context=context),
             conn=joined(conn, self._pool, context),
+        )
+
+    def _encoded(self, kind: str, payload: object, context: str) -> str | None:
+        """An operator's payload (None: none given), checked as a send's data is."""
+        if payload is None:
+            return None
+        return encode_payload(
+            kind,
+            payload,
+            max_bytes=self._max_payload_bytes,
+            context=context,
+            json_default=self._json_default,
         )
 
     @staticmethod
