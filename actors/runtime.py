@@ -54,6 +54,7 @@ from triobus.persistence.validation import (
     check_int_in_range,
     check_max_payload_bytes,
     check_name,
+    check_optional_callable,
     check_optional_seconds,
     check_seconds,
     check_uuid,
@@ -69,13 +70,6 @@ DRIVER_ENV = "TRIOBUS_DRIVER"
 def _check_registry(options: RuntimeOptions, attribute: Any, value: object) -> None:
     if not isinstance(value, HandlerRegistry):
         raise ValidationError(f"registry must be a HandlerRegistry, got {type(value).__name__}")
-
-
-def _check_json_default(options: RuntimeOptions, attribute: Any, value: object) -> None:
-    if value is not None and not callable(value):
-        raise ValidationError(
-            f"json_default must be a callable or None, got {type(value).__name__}"
-        )
 
 
 def _to_driver_kind(value: object) -> DriverKind:
@@ -95,7 +89,9 @@ class RuntimeOptions:
     )
     batch_callback_timeout: float = attrs.field(default=60.0, validator=checked_by(check_seconds))
     batch_reconcile_interval: float = attrs.field(default=5.0, validator=checked_by(check_seconds))
-    json_default: JsonDefault | None = attrs.field(default=None, validator=_check_json_default)
+    json_default: JsonDefault | None = attrs.field(
+        default=None, validator=checked_by(check_optional_callable)
+    )
 
 
 @attrs.frozen

@@ -44,6 +44,7 @@ from triobus.persistence.validation import (
     check_int_in_range,
     check_max_payload_bytes,
     check_name,
+    check_optional_callable,
     check_optional_seconds,
     check_seconds,
     checked_by,
@@ -57,14 +58,6 @@ def _check_retry_policy(options: WorkerOptions, attribute: Any, value: object) -
     if not isinstance(value, RetryPolicy):
         raise ValidationError(
             f"retry_policy must be a RetryPolicy, got {type(value).__name__}"
-            f" ({options.validation_context})"
-        )
-
-
-def _check_json_default(options: WorkerOptions, attribute: Any, value: object) -> None:
-    if value is not None and not callable(value):
-        raise ValidationError(
-            f"json_default must be a callable or None, got {type(value).__name__}"
             f" ({options.validation_context})"
         )
 
@@ -114,7 +107,9 @@ class WorkerOptions:
     max_result_bytes: int = attrs.field(
         default=DEFAULT_MAX_PAYLOAD_BYTES, validator=checked_by(check_max_payload_bytes)
     )
-    json_default: JsonDefault | None = attrs.field(default=None, validator=_check_json_default)
+    json_default: JsonDefault | None = attrs.field(
+        default=None, validator=checked_by(check_optional_callable)
+    )
 
     @property
     def validation_context(self) -> str:

@@ -221,10 +221,7 @@ def encode_payload(
         raise ValidationError(
             f"{kind} must be a JSON object (a mapping), got {type(data).__name__}{where}"
         )
-    if json_default is not None and not callable(json_default):
-        raise ValidationError(
-            f"json_default must be a callable or None, got {type(json_default).__name__}{where}"
-        )
+    check_optional_callable("json_default", json_default, context=context)
     try:
         text = encoder(json_default).encode(data if type(data) is dict else dict(data))
         # ASCII text is as many bytes as characters; other text is encoded, which also
@@ -279,6 +276,15 @@ def checked_by(check: Callable[..., object], **options: Any) -> Callable[[Any, A
         check(attribute.name, value, context=context, **options)
 
     return validate
+
+
+def check_optional_callable(kind: str, value: object, *, context: str = "") -> None:
+    """A callable, or None."""
+    if value is not None and not callable(value):
+        where = f" ({context})" if context else ""
+        raise ValidationError(
+            f"{kind} must be a callable or None, got {type(value).__name__}{where}"
+        )
 
 
 def check_async_callable(kind: str, value: object, *, context: str) -> None:

@@ -65,7 +65,9 @@ async def application(runtime):
     async def invoice(command, ctx):
         assert rates["open"]
         log("handler started")
-        await trio.sleep(0.5)  # work still running when the worker is told to stop
+        release = trio.Path(command.data["release"])
+        while not await release.exists():  # the test says when the work is done
+            await trio.sleep(0.02)
         log("handler finished")
         return {"rates_open": rates["open"], "bus": ctx.bus is runtime.bus}
 
@@ -174,13 +176,17 @@ async def test_the_application_loads_from_its_own_folder_and_stops_on_sigterm(
 async def test_a_factory_opens_its_dependency_before_the_first_handler_and_closes_it_after_the_last(
     triobus_runtime: Runtime,
     triobus_dsn: str,
+    tmp_path: Path,
     start_worker: Callable[..., Any],
     eventually: Callable[..., Any],
 ) -> None:
     worker = await start_worker(triobus_dsn, app="invoicing.app:application")
-    sent = await triobus_runtime.bus.send("d", "Invoice", uuid.uuid4(), {})
+    release = tmp_path / "release"
+    sent = await triobus_runtime.bus.send("d", "Invoice", uuid.uuid4(), {"release": str(release)})
     await worker.line_with("handler started")
     worker.process.send_signal(signal.SIGTERM)
+    await worker.line_with("stopping: waiting up to 10 s for 1 running handlers")
+    release.touch()  # the handler finishes only now, while the worker stops
     await worker.line_with("dependency closed")
     with trio.fail_after(30):
         assert await worker.process.wait() == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from tests.integration.processes import read_line
 from triobus.actors import (
     AuditEventType,
     Command,
@@ -29,18 +30,6 @@ async def start_worker_process(dsn: str, mode: str) -> trio.Process:
         [sys.executable, str(WORKER_SCRIPT), dsn, "d", mode],
         stdout=subprocess.PIPE,
     )
-
-
-async def read_line(process: trio.Process) -> str:
-    """The next line the child prints (events over a pipe, no sleeps)."""
-    assert process.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await process.stdout.receive_some(1)
-        if not chunk:
-            raise EOFError(f"worker process ended early (exit {process.poll()})")
-        line += chunk
-    return line.decode().strip()
 
 
 async def test_sigkilled_worker_loses_nothing(

@@ -33,6 +33,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from tests.integration.processes import read_line
 from tests.soak.campaign import fresh_database, progress_reaches, worker_process
 from triobus.actors import BatchCommand, open_runtime
 from triobus.persistence.driver import connect
@@ -171,17 +172,6 @@ async def app_process(dsn: str) -> AsyncIterator[trio.Process]:
     finally:
         process.kill()
         await process.wait()
-
-
-async def read_line(process: trio.Process) -> str:
-    assert process.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await process.stdout.receive_some(1)
-        if not chunk:
-            raise RuntimeError(f"the application process ended (exit {process.poll()})")
-        line += chunk
-    return line.decode().strip()
 
 
 async def application_trial(dsn: str, faults: int, rng: random.Random) -> TrialResult:
