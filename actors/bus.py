@@ -17,9 +17,14 @@ from triobus.actors.transaction import (
     joined,
     statement_connection,
 )
-from triobus.persistence import audit, batches, commands, replies
+from triobus.persistence import audit, batch_operations, batches, commands, replies
 from triobus.persistence.json_values import JsonDefault
-from triobus.persistence.new_commands import new_batch, new_command
+from triobus.persistence.new_commands import (
+    batch_context,
+    new_batch,
+    new_batch_commands,
+    new_command,
+)
 from triobus.persistence.notifications import Channel
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import (
@@ -30,6 +35,7 @@ from triobus.persistence.records import (
     CommandMetadata,
     CommandStatus,
     DomainStatistics,
+    FollowUpCommand,
     Reply,
     SendResult,
 )
@@ -45,6 +51,7 @@ from triobus.persistence.validation import (
     check_optional_uuid,
     check_reply_ids,
     check_seconds,
+    check_text,
     check_uuid,
 )
 
@@ -244,6 +251,10 @@ class CommandBus:
         name: str | None = None,
         custom_data: dict[str, object] | None = None,
         on_complete: BatchCallback | None = None,
+        on_complete_command: FollowUpCommand | None = None,
+        on_success_command: FollowUpCommand | None = None,
+        on_failure_command: FollowUpCommand | None = None,
+        open: bool = False,
         conn: Transaction | None = None,
     ) -> UUID:
         """Store a batch and all its commands in one transaction: all or nothing.
@@ -252,6 +263,11 @@ class CommandBus:
         An id repeated in the batch or already stored raises `DuplicateCommandError` and
         writes nothing. `on_complete(BatchMetadata)` is awaited once when the batch
         completes (see `Runtime.watch_batch`). Returns the batch id.
+
+        The follow-up commands are durable: each is sent by the transaction in which its
+        event happens (`FollowUpEvent`), at most once per batch, even if no process
+        watches the batch. With `open=True` the batch may start empty and takes more
+        commands (`add_to_batch`) until `close_batch`; it never completes while open.
 
         With `conn` (from `runtime.transaction()`) the batch is written in that
         transaction (a duplicate leaves it usable), and `on_complete` is registered only
@@ -263,6 +279,10 @@ class CommandBus:
             batch_id=batch_id,
             name=name,
             custom_data=custom_data,
+            on_complete_command=on_complete_command,
+            on_success_command=on_success_command,
+            on_failure_command=on_failure_command,
+            open=open,
             max_payload_bytes=self.max_payload_bytes,
             json_default=self.json_default,
         )
@@ -280,6 +300,86 @@ class CommandBus:
             else:
                 transaction.after_commit(watch)
         return batch.batch_id
+
+    async def add_to_batch(
+        self,
+        domain: str,
+        batch_id: UUID | str,
+        commands: Iterable[BatchCommand],
+        *,
+        conn: Transaction | None = None,
+    ) -> None:
+        """Add commands to an open batch, all or nothing, validated as `create_batch`
+        validates them. Raises `BatchNotFoundError`, `InvalidOperationError` if the batch
+        is closed (or canceled, or completed), `DuplicateCommandError` for a taken id."""
+        checked_domain, checked_id, context = self._batch_key(domain, batch_id)
+        validated = new_batch_commands(
+            checked_domain,
+            checked_id,
+            commands,
+            max_payload_bytes=self.max_payload_bytes,
+            json_default=self.json_default,
+            context=context,
+        )
+        transaction = joined(conn, self._pool, context)
+        async with statement_connection(self._pool, transaction) as connection:
+            await batch_operations.add_to_batch(connection, checked_domain, checked_id, validated)
+
+    async def close_batch(
+        self, domain: str, batch_id: UUID | str, *, conn: Transaction | None = None
+    ) -> bool:
+        """Close an open batch: it takes no more commands and completes when none of its
+        members is open (in this transaction if none is now). Returns whether it
+        completed. Raises `BatchNotFoundError`, or `InvalidOperationError` if it is
+        closed already."""
+        checked_domain, checked_id, context = self._batch_key(domain, batch_id)
+        transaction = joined(conn, self._pool, context)
+        async with statement_connection(self._pool, transaction) as connection:
+            return await batch_operations.close_batch(connection, checked_domain, checked_id)
+
+    async def cancel_batch(
+        self,
+        domain: str,
+        batch_id: UUID | str,
+        *,
+        reason: str,
+        operator: str | None = None,
+        conn: Transaction | None = None,
+    ) -> int:
+        """Cancel a batch in one transaction: it is closed, and every member PENDING
+        (also one waiting out a retry back-off) or in the troubleshooting queue is
+        CANCELED, with a CANCELED_WITH_BATCH audit event and a CANCELED reply. Members
+        running now finish and their outcome stands, except that one that would retry
+        (or move to the TSQ) is canceled then. The batch completes as soon as none of its
+        members is open; `BatchMetadata.canceled_at` and `cancel_reason` tell it from a
+        batch that merely had failures, and no on_success follow-up is sent.
+
+        Returns how many members were canceled. Raises `BatchNotFoundError`, or
+        `InvalidOperationError` if the batch has completed or was canceled already (of
+        two concurrent cancels, one wins)."""
+        checked_domain, checked_id, context = self._batch_key(domain, batch_id)
+        checked_reason = check_text("reason", reason, max_length=1000, context=context)
+        checked_operator = (
+            None
+            if operator is None
+            else check_text("operator", operator, max_length=200, context=context)
+        )
+        transaction = joined(conn, self._pool, context)
+        async with statement_connection(self._pool, transaction) as connection:
+            canceled, _ = await batch_operations.cancel_batch(
+                connection,
+                checked_domain,
+                checked_id,
+                reason=checked_reason,
+                operator=checked_operator,
+            )
+        return canceled
+
+    @staticmethod
+    def _batch_key(domain: str, batch_id: UUID | str) -> tuple[str, UUID, str]:
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        return checked_domain, checked_id, batch_context(checked_domain, checked_id)
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
         """The batch with its counts, or None."""

@@ -19,7 +19,7 @@ import attrs
 
 from triobus.actors.transaction import Transaction
 from triobus.persistence.errors import InvalidOperationError
-from triobus.persistence.records import BatchCommand, SendResult
+from triobus.persistence.records import BatchCommand, FollowUpCommand, SendResult
 
 if TYPE_CHECKING:
     from triobus.actors.batch_actor import BatchCallback
@@ -73,6 +73,10 @@ class HandlerContext:
         name: str | None = None,
         custom_data: dict[str, object] | None = None,
         on_complete: BatchCallback | None = None,
+        on_complete_command: FollowUpCommand | None = None,
+        on_success_command: FollowUpCommand | None = None,
+        on_failure_command: FollowUpCommand | None = None,
+        open: bool = False,
     ) -> UUID:
         """`bus.create_batch` in this attempt's transaction, if it has one; `on_complete`
         is then registered only once the completion has committed."""
@@ -83,6 +87,10 @@ class HandlerContext:
             name=name,
             custom_data=custom_data,
             on_complete=on_complete,
+            on_complete_command=on_complete_command,
+            on_success_command=on_success_command,
+            on_failure_command=on_failure_command,
+            open=open,
             conn=self.conn,
         )
 

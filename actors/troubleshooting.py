@@ -18,7 +18,11 @@ from triobus.actors.transaction import (
     joined,
     statement_connection,
 )
-from triobus.persistence.errors import CommandNotFoundError, InvalidOperationError
+from triobus.persistence.errors import (
+    BatchNotFoundError,
+    CommandNotFoundError,
+    InvalidOperationError,
+)
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import CommandChange, CommandStatus, TroubleshootingItem
@@ -26,6 +30,7 @@ from triobus.persistence.troubleshooting import (
     OperatorAction,
     apply_operator_action,
     count_troubleshooting,
+    lock_batch,
     lock_command_status,
     select_troubleshooting,
 )
@@ -199,6 +204,44 @@ class TroubleshootingQueue:
             reason=check_text("reason", reason, max_length=1000, context=context),
             conn=joined(conn, self._pool, context),
         )
+
+    async def retry_batch(
+        self,
+        domain: str,
+        batch_id: UUID | str,
+        *,
+        operator: str | None = None,
+        conn: Transaction | None = None,
+    ) -> int:
+        """Retry every member of the batch that is in the TSQ, in one transaction (one
+        OPERATOR_RETRY event each); returns the count. Raises `BatchNotFoundError`, or
+        `InvalidOperationError` for a canceled batch."""
+        checked_domain = check_name("domain", domain)
+        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+        context = f"domain {checked_domain!r}, batch {checked_id}"
+        checked_operator = _optional_operator(operator, context)
+        transaction = joined(conn, self._pool, context)
+        async with (
+            statement_connection(self._pool, transaction) as connection,
+            connection.transaction(),
+        ):
+            canceled = await lock_batch(connection, checked_domain, checked_id)
+            if canceled is None:
+                raise BatchNotFoundError(checked_domain, checked_id)
+            if canceled:
+                raise InvalidOperationError(
+                    f"batch {checked_id} in domain {checked_domain!r} was canceled:"
+                    " retrying its members does not apply"
+                )
+            changed = await apply_operator_action(
+                connection,
+                OperatorAction.RETRY,
+                checked_domain,
+                batch_id=checked_id,
+                operator=checked_operator,
+            )
+        self._notify(changed, transaction)
+        return len(changed)
 
     def _encoded(self, kind: str, payload: object, context: str) -> str | None:
         """An operator's payload (None: none given), checked as a send's data is."""

@@ -13,10 +13,16 @@ from triobus.persistence.literals import literal
 from triobus.persistence.records import AuditEvent, AuditEventType
 
 
-def insert_sent_events(rows: str, *, of_batch: bool) -> str:
+def insert_sent_events(rows: str, *, of_batch: bool = False, follow_up: bool = False) -> str:
     """An INSERT of a SENT event for each new command of `rows` (a FROM clause, with its
-    WHERE if any, over command columns); for the members of a batch, the details name it."""
+    WHERE if any, over command columns); for the members of a batch, the details name it,
+    and for a batch's follow-up command, the batch and the event (from its data)."""
     batch_id = ",\n                              'batch_id', batch_id" if of_batch else ""
+    if follow_up:
+        batch_id = (
+            ",\n                              'follow_up_of', data->'batch'->'batch_id',"
+            "\n                              'follow_up_event', data->'batch'->'event'"
+        )
     return f"""INSERT INTO triobus.audit (domain, subject_id, event_type, details)
     SELECT domain, command_id, {literal(AuditEventType.SENT)},
            jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,

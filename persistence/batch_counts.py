@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import attrs
 
+from triobus.persistence.audit import insert_sent_events
 from triobus.persistence.literals import literal, literal_list
 from triobus.persistence.notifications import Channel, batch_payload_sql, notify_sql
-from triobus.persistence.records import AuditEventType, BatchStatus, CommandStatus
+from triobus.persistence.records import (
+    AuditEventType,
+    BatchStatus,
+    CommandStatus,
+    FollowUpEvent,
+)
 
 # The batch column counting the members in each counted status; the others are open.
 COUNTED = {
@@ -45,17 +51,30 @@ class StatusChange:
     new: str
 
 
-def batch_count_ctes(*changes: StatusChange) -> str:
+def batch_count_ctes(*changes: StatusChange, evaluated: str | None = None) -> str:
     """The CTEs applying `changes` to their batches: `status_changes` lists them,
     `batch_deltas` sums each counted column's change per batch (`batch_delta_sums` adds
     the terminal and the failed-or-canceled sums), `batch_locked` locks the rows that
-    change, `batch_updated` has a row per changed batch with `newly_started` and
-    `newly_completed` flags, and `batch_audit` writes their events."""
-    listed = "\n    UNION ALL\n    ".join(
-        f"SELECT domain, batch_id, {c.old} AS old_status, {c.new} AS new_status"
+    change, `batch_updated` has a row per changed batch with `newly_started`,
+    `newly_failed` and `newly_completed` flags, `batch_audit` writes their events and
+    `batch_follow_ups` the follow-up commands of those events (`follow_up_sent` their
+    SENT events and NOTIFY).
+
+    `evaluated` names a CTE of (domain, batch_id) whose batches are locked and completed
+    if they are done even when no member changes (a batch just closed or canceled)."""
+    evaluate = ", false AS evaluate" if evaluated else ""
+    selects = [
+        f"SELECT domain, batch_id, {c.old} AS old_status, {c.new} AS new_status{evaluate}"
         f"\n    FROM {c.source}"
         for c in changes
-    )
+    ]
+    if evaluated:
+        unchanged = literal(CommandStatus.PENDING)  # not counted: every delta is 0
+        selects.append(
+            f"SELECT domain, batch_id, {unchanged} AS old_status, {unchanged} AS new_status,"
+            f" true AS evaluate\n    FROM {evaluated}"
+        )
+    listed = "\n    UNION ALL\n    ".join(selects)
     deltas = ",\n           ".join(
         f"sum((new_status = {literal(status)})::int\n"
         f"               - (old_status = {literal(status)})::int)::int AS {column}"
@@ -63,15 +82,26 @@ def batch_count_ctes(*changes: StatusChange) -> str:
     )
     terminal = [column for status, column in COUNTED.items() if status.is_terminal]
     failures = [c for c in terminal if c != COUNTED[CommandStatus.COMPLETED]]
-    done = " + ".join(f"b.{column}" for column in terminal) + " + d.terminal_delta = b.total_count"
+    done = (
+        "NOT b.is_open AND "
+        + " + ".join(f"b.{column}" for column in terminal)
+        + " + d.terminal_delta = b.total_count"
+    )
     counts = ",\n        ".join(f"{c} = b.{c} + d.{c}" for c in COUNTED.values())
     final_counts = ",\n                              ".join(f"'{c}', {c}" for c in terminal)
     changed = "\n       OR ".join(f"d.{column} <> 0" for column in COUNTED.values())
+    if evaluated:
+        changed += "\n       OR d.evaluate"
+    tsq = COUNTED[CommandStatus.IN_TROUBLESHOOTING_QUEUE]
+    batch_fields = ", ".join(
+        f"'{column}', bu.{column}" for column in ("total_count", *COUNTED.values())
+    )
     notify = notify_sql(Channel.BATCH, batch_payload_sql("domain", "subject_id"))
     return f"""status_changes AS (
     {listed}
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = {literal(CommandStatus.IN_PROGRESS)}) AS started,
+           {"bool_or(evaluate) AS evaluate," if evaluated else ""}
            {deltas}
     FROM status_changes WHERE batch_id IS NOT NULL
     GROUP BY domain, batch_id
@@ -81,6 +111,7 @@ def batch_count_ctes(*changes: StatusChange) -> str:
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN {FINAL_BATCH_STATUSES} AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -92,6 +123,8 @@ def batch_count_ctes(*changes: StatusChange) -> str:
     UPDATE triobus.batch b
     SET {counts},
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.{tsq} > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
             WHEN {done}
                  AND {" + ".join(f"b.{c}" for c in failures)} + d.failures_delta > 0
@@ -106,6 +139,7 @@ def batch_count_ctes(*changes: StatusChange) -> str:
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN {FINAL_BATCH_STATUSES} AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -119,7 +153,40 @@ def batch_count_ctes(*changes: StatusChange) -> str:
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = {literal(AuditEventType.BATCH_COMPLETED)}
                    THEN {notify} END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, {batch_fields},
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN {literal(FollowUpEvent.ON_COMPLETE)} THEN bu.newly_completed
+        WHEN {literal(FollowUpEvent.ON_SUCCESS)} THEN bu.newly_completed
+            AND bu.status = {literal(BatchStatus.COMPLETED)} AND bu.canceled_at IS NULL
+        WHEN {literal(FollowUpEvent.ON_FAILURE)} THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    {insert_sent_events("batch_follow_ups", follow_up=True)}
+    RETURNING {notify_sql(Channel.COMMAND, "domain")}
 )"""
+
+
+def of_canceled_batch(command: str) -> str:
+    """An SQL condition: the command (a row alias) is a member of a canceled batch. It
+    locks the batch row (FOR UPDATE), so it waits for a cancel under way and sees it: a
+    member whose new status depends on it is never left PENDING or in the TSQ by a
+    statement that ran alongside the cancel (see `batches.cancel_batch`)."""
+    return f"""({command}.batch_id IS NOT NULL AND (
+            SELECT cb.canceled_at IS NOT NULL FROM triobus.batch cb
+            WHERE cb.domain = {command}.domain AND cb.batch_id = {command}.batch_id
+            FOR UPDATE))"""
 
 
 def select_changes(source: str, *extra_columns: str) -> str:

@@ -27,8 +27,8 @@ from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import BatchMetadata, BatchStatus
 
 INSERT_BATCH = """
-INSERT INTO triobus.batch (domain, batch_id, name, custom_data, total_count)
-VALUES (%s, %s, %s, %s::jsonb, %s)
+INSERT INTO triobus.batch (domain, batch_id, name, custom_data, total_count, follow_ups, is_open)
+VALUES (%s, %s, %s, %s::jsonb, %s, %s::jsonb, %s)
 ON CONFLICT DO NOTHING
 RETURNING created_at
 """
@@ -95,29 +95,44 @@ def _copy_rows(
         )
 
 
-async def insert_batch(
-    conn: Connection,
-    domain: str,
-    batch_id: UUID,
-    commands: Sequence[NewCommand],
-    *,
-    name: str | None,
-    custom_data_json: str | None,
-) -> None:
+async def insert_batch(conn: Connection, batch: NewBatch) -> None:
     """Insert the batch, its commands (COPY) and their SENT events; call in a transaction.
 
     Raises DuplicateBatchError if the batch id is taken, UniqueViolationError if a
     command id is (the caller's transaction then rolls everything back).
     """
+    domain, batch_id = batch.domain, batch.batch_id
     row = await conn.fetch_one(
-        INSERT_BATCH, (domain, batch_id, name, custom_data_json, len(commands))
+        INSERT_BATCH,
+        (
+            domain,
+            batch_id,
+            batch.name,
+            batch.custom_data_json,
+            len(batch.commands),
+            batch.follow_ups_json,
+            batch.is_open,
+        ),
     )
     if row is None:
         raise DuplicateBatchError(domain, batch_id)
-    # Delays count from the database's clock, like `send`'s.
-    rows = _copy_rows(commands, batch_id, row["created_at"])
-    await conn.copy_rows(COPY_COMMANDS, rows, types=COPY_COMMAND_TYPES)
+    if not batch.commands:
+        return
+    await insert_members(conn, domain, batch_id, batch.commands, row["created_at"])
     await conn.execute(SENT_EVENTS_OF_BATCH, {"domain": domain, "batch_id": batch_id})
+
+
+async def insert_members(
+    conn: Connection,
+    domain: str,
+    batch_id: UUID,
+    commands: Sequence[NewCommand],
+    db_now: datetime,
+) -> None:
+    """COPY the commands of a batch; delays count from `db_now`, the database's clock
+    (like `send`'s). The batch row counts them already."""
+    rows = _copy_rows(commands, batch_id, db_now)
+    await conn.copy_rows(COPY_COMMANDS, rows, types=COPY_COMMAND_TYPES)
 
 
 async def store_batch(conn: Connection, batch: NewBatch) -> None:
@@ -130,14 +145,7 @@ async def store_batch(conn: Connection, batch: NewBatch) -> None:
     """
     try:
         async with conn.transaction():
-            await insert_batch(
-                conn,
-                batch.domain,
-                batch.batch_id,
-                batch.commands,
-                name=batch.name,
-                custom_data_json=batch.custom_data_json,
-            )
+            await insert_batch(conn, batch)
     except UniqueViolationError:
         taken = await first_stored_command(
             conn, batch.domain, [c.command_id for c in batch.commands]

@@ -4,6 +4,7 @@ message names the domain and the command id."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -15,7 +16,7 @@ import attrs
 
 from triobus.persistence.errors import DuplicateCommandError, ValidationError
 from triobus.persistence.json_values import JsonDefault
-from triobus.persistence.records import BatchCommand
+from triobus.persistence.records import BatchCommand, FollowUpCommand, FollowUpEvent
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_ATTEMPTS_LIMIT,
@@ -145,10 +146,12 @@ def new_batch_commands(
     max_payload_bytes: int,
     json_default: JsonDefault | None = None,
     context: str,
+    allow_none: bool = False,
 ) -> list[NewCommand]:
     """Validate every command of a batch of `domain` (already checked: its name is taken
     as valid) as `send` validates one; raise `DuplicateCommandError` for an id given
-    twice and `ValidationError` for no command. `context` names the batch in errors."""
+    twice and `ValidationError` for no command (unless `allow_none`: an open batch may
+    start empty). `context` names the batch in errors."""
     if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
         raise ValidationError(
             f"commands must be an iterable of BatchCommand, got {type(commands).__name__}"
@@ -186,27 +189,90 @@ def new_batch_commands(
             raise DuplicateCommandError(domain, checked.command_id)
         seen.add(checked.command_id)
         validated.append(checked)
-    if not validated:
+    if not validated and not allow_none:
         raise ValidationError(f"a batch needs at least one command ({context})")
     return validated
 
 
+# Follow-up command ids are UUIDv5 in this namespace, of "domain/batch id/event": the
+# same batch and event always give the same id, so a follow-up is stored at most once.
+FOLLOW_UP_NAMESPACE = UUID("6f1c2a52-3a0e-4d1b-9a53-7c1e9b8f4d10")
+
+
+def follow_up_command_id(domain: str, batch_id: UUID, event: FollowUpEvent) -> UUID:
+    return uuid.uuid5(FOLLOW_UP_NAMESPACE, f"{domain}/{batch_id}/{event}")
+
+
+def encode_follow_ups(
+    domain: str,
+    batch_id: UUID,
+    follow_ups: Mapping[FollowUpEvent, object],
+    *,
+    max_payload_bytes: int,
+    json_default: JsonDefault | None,
+    context: str,
+) -> str | None:
+    """The batch row's `follow_ups` column (None: no follow-up): each given
+    `FollowUpCommand` checked (names, data as `send` checks it, without the key "batch"
+    that triobus fills in) and stored with its derived command id."""
+    stored: dict[str, dict[str, object]] = {}
+    for event, follow_up in follow_ups.items():
+        if follow_up is None:
+            continue
+        kind = event.argument
+        if not isinstance(follow_up, FollowUpCommand):
+            raise ValidationError(
+                f"{kind} must be a FollowUpCommand, got {type(follow_up).__name__} ({context})"
+            )
+        where = f"{kind} of {context}"
+        data = {} if follow_up.data is None else follow_up.data
+        if isinstance(data, Mapping) and "batch" in data:
+            raise ValidationError(
+                f'{kind}.data may not have the key "batch": triobus puts the batch there'
+                f" ({context})"
+            )
+        spec = {
+            "domain": check_name("domain", follow_up.domain, context=where),
+            "command_type": check_name("command_type", follow_up.command_type, context=where),
+            "command_id": str(follow_up_command_id(domain, batch_id, event)),
+            "max_attempts": (
+                None
+                if follow_up.max_attempts is None
+                else check_int_in_range(
+                    "max_attempts", follow_up.max_attempts, limit=MAX_ATTEMPTS_LIMIT, context=where
+                )
+            ),
+        }
+        data_json = encode_payload(
+            f"{kind}.data",
+            data,
+            max_bytes=max_payload_bytes,
+            context=context,
+            json_default=json_default,
+        )
+        stored[event.value] = {**spec, "data": json.loads(data_json)}  # now plain JSON values
+    return json.dumps(stored) if stored else None
+
+
 @attrs.frozen
 class NewBatch:
-    """A validated batch, ready to insert: its commands checked as sends are."""
+    """A validated batch, ready to insert: its commands checked as sends are.
+    `follow_ups_json` is the batch row's `follow_ups` (see `encode_follow_ups`)."""
 
     domain: str
     batch_id: UUID
     name: str | None
     custom_data_json: str | None
     commands: list[NewCommand]
+    follow_ups_json: str | None = None
+    is_open: bool = False
 
     @property
     def context(self) -> str:
-        return _batch_context(self.domain, self.batch_id)
+        return batch_context(self.domain, self.batch_id)
 
 
-def _batch_context(domain: str, batch_id: UUID) -> str:
+def batch_context(domain: str, batch_id: UUID) -> str:
     """How errors name a batch."""
     return f"domain {domain!r}, batch {batch_id}"
 
@@ -218,6 +284,10 @@ def new_batch(
     batch_id: object = None,
     name: object = None,
     custom_data: object = None,
+    on_complete_command: object = None,
+    on_success_command: object = None,
+    on_failure_command: object = None,
+    open: object = False,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     json_default: JsonDefault | None = None,
 ) -> NewBatch:
@@ -228,7 +298,14 @@ def new_batch(
         if batch_id is None
         else check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
     )
-    context = _batch_context(checked_domain, checked_batch_id)
+    context = batch_context(checked_domain, checked_batch_id)
+    if not isinstance(open, bool):
+        raise ValidationError(f"open must be a bool, got {type(open).__name__} ({context})")
+    follow_ups = {
+        FollowUpEvent.ON_COMPLETE: on_complete_command,
+        FollowUpEvent.ON_SUCCESS: on_success_command,
+        FollowUpEvent.ON_FAILURE: on_failure_command,
+    }
     return NewBatch(
         domain=checked_domain,
         batch_id=checked_batch_id,
@@ -251,5 +328,15 @@ def new_batch(
             max_payload_bytes=max_payload_bytes,
             json_default=json_default,
             context=context,
+            allow_none=open,
         ),
+        follow_ups_json=encode_follow_ups(
+            checked_domain,
+            checked_batch_id,
+            follow_ups,
+            max_payload_bytes=max_payload_bytes,
+            json_default=json_default,
+            context=context,
+        ),
+        is_open=open,
     )

@@ -57,11 +57,12 @@ from triobus.persistence.errors import (
 )
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.new_commands import new_batch, new_command
-from triobus.persistence.records import BatchCommand, SendResult
+from triobus.persistence.records import BatchCommand, FollowUpCommand, SendResult
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
 __all__ = [
     "BatchCommand",
+    "FollowUpCommand",
     "DatabaseError",
     "DatabaseUnavailableError",
     "DuplicateBatchError",
@@ -218,17 +219,26 @@ def create_batch(
     batch_id: UUID | str | None = None,
     name: str | None = None,
     custom_data: dict[str, object] | None = None,
+    on_complete_command: FollowUpCommand | None = None,
+    on_success_command: FollowUpCommand | None = None,
+    on_failure_command: FollowUpCommand | None = None,
+    open: bool = False,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     json_default: JsonDefault | None = None,
 ) -> UUID:
     """`bus.create_batch` on the caller's sync connection, without a callback (a worker
-    process's batch actors, or `get_batch`, follow it). Returns the batch id."""
+    process's batch actors, or `get_batch`, follow it; the follow-up commands are
+    durable). Returns the batch id."""
     batch = new_batch(
         domain,
         commands,
         batch_id=batch_id,
         name=name,
         custom_data=custom_data,
+        on_complete_command=on_complete_command,
+        on_success_command=on_success_command,
+        on_failure_command=on_failure_command,
+        open=open,
         max_payload_bytes=max_payload_bytes,
         json_default=json_default,
     )
@@ -245,6 +255,10 @@ async def create_batch_async(
     batch_id: UUID | str | None = None,
     name: str | None = None,
     custom_data: dict[str, object] | None = None,
+    on_complete_command: FollowUpCommand | None = None,
+    on_success_command: FollowUpCommand | None = None,
+    on_failure_command: FollowUpCommand | None = None,
+    open: bool = False,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     json_default: JsonDefault | None = None,
 ) -> UUID:
@@ -255,6 +269,10 @@ async def create_batch_async(
         batch_id=batch_id,
         name=name,
         custom_data=custom_data,
+        on_complete_command=on_complete_command,
+        on_success_command=on_success_command,
+        on_failure_command=on_failure_command,
+        open=open,
         max_payload_bytes=max_payload_bytes,
         json_default=json_default,
     )

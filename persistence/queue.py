@@ -27,7 +27,12 @@ from uuid import UUID
 
 import attrs
 
-from triobus.persistence.batch_counts import StatusChange, batch_count_ctes, select_changes
+from triobus.persistence.batch_counts import (
+    StatusChange,
+    batch_count_ctes,
+    of_canceled_batch,
+    select_changes,
+)
 from triobus.persistence.connection import Connection, Params, Row
 from triobus.persistence.errors import InvalidOperationError
 from triobus.persistence.literals import literal, literal_list
@@ -44,6 +49,11 @@ _PENDING_SQL = literal(CommandStatus.PENDING)
 _IN_PROGRESS_SQL = literal(CommandStatus.IN_PROGRESS)
 _COMPLETED_SQL = literal(CommandStatus.COMPLETED)
 _IN_TSQ_SQL = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+_CANCELED_SQL = literal(CommandStatus.CANCELED)
+_CANCELED_WITH_BATCH_SQL = literal(AuditEventType.CANCELED_WITH_BATCH)
+# A member of a canceled batch is canceled when it would otherwise wait for another
+# attempt (a retry, or released at a stop) or for an operator (the TSQ).
+_BATCH_CANCELED_REPLY = "jsonb_build_object('reason', 'its batch was canceled')"
 
 CLAIM_COMMANDS = f"""
 WITH candidates AS (
@@ -114,23 +124,43 @@ SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
 
-RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}
-UPDATE triobus.command c
-SET status = {_PENDING_SQL}, visible_at = now(), lease_token = NULL,
-    attempts = c.attempts - 1, updated_at = now()
-FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
+RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}, released AS (
+    UPDATE triobus.command c
+    SET status = CASE WHEN {of_canceled_batch("c")} THEN {_CANCELED_SQL}
+                      ELSE {_PENDING_SQL} END,
+        visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
+    FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
+    RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, {_CANCELED_WITH_BATCH_SQL},
+           jsonb_build_object('instead_of', 'RELEASED')
+    FROM released WHERE status = {_CANCELED_SQL}
+), replies AS (
+    {
+    insert_replies(
+        "released",
+        outcome=literal(ReplyOutcome.CANCELED),
+        data=_BATCH_CANCELED_REPLY,
+        only_if=f"status = {_CANCELED_SQL}",
+    )
+}
+), {batch_count_ctes(StatusChange("released", old=_IN_PROGRESS_SQL, new="status"))}
+SELECT count(*) AS released FROM released
 """
 
 # A terminal result with a reply_to writes its one reply: the result, or the error.
 _ACK_REPLIES = insert_replies(
     "acked",
     outcome=f"CASE status WHEN {_COMPLETED_SQL} THEN {literal(ReplyOutcome.SUCCESS)}"
+    f" WHEN {_CANCELED_SQL} THEN {literal(ReplyOutcome.CANCELED)}"
     f" ELSE {literal(ReplyOutcome.FAILED)} END",
     data=f"""CASE status WHEN {_COMPLETED_SQL} THEN result
+                WHEN {_CANCELED_SQL} THEN {_BATCH_CANCELED_REPLY}
                 ELSE jsonb_strip_nulls(jsonb_build_object(
                     'error_type', error_type, 'error_code', error_code,
                     'error_message', error_message, 'error_details', error_details)) END""",
-    only_if=f"status IN {literal_list((CommandStatus.COMPLETED, CommandStatus.FAILED))}",
+    only_if=f"status IN {literal_list(s for s in CommandStatus if s.is_terminal)}",
 )
 
 ACK_IF_CLAIMED = f"""
@@ -144,7 +174,9 @@ WITH r AS (
          error_type, error_code, error_message, error_details)
 ), acked AS (
     UPDATE triobus.command c
-    SET status = r.status,
+    SET status = CASE WHEN r.status IN ({_PENDING_SQL}, {_IN_TSQ_SQL})
+                           AND {of_canceled_batch("c")}
+                      THEN {_CANCELED_SQL} ELSE r.status END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
         error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
@@ -166,11 +198,13 @@ WITH r AS (
               r.error_details::jsonb AS error_details, r.event, r.retry_delay
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, event,
+    SELECT domain, command_id,
+           CASE WHEN status = {_CANCELED_SQL} THEN {_CANCELED_WITH_BATCH_SQL} ELSE event END,
            jsonb_strip_nulls(jsonb_build_object(
                'attempt', attempts, 'error_type', error_type, 'error_code', error_code,
                'error_message', error_message, 'error_details', error_details,
-               'retry_in_seconds', CASE WHEN status = {_PENDING_SQL} THEN retry_delay END))
+               'retry_in_seconds', CASE WHEN status = {_PENDING_SQL} THEN retry_delay END,
+               'instead_of', CASE WHEN status = {_CANCELED_SQL} THEN event END))
     FROM acked
 ), replies AS (
     {_ACK_REPLIES}
@@ -317,8 +351,11 @@ async def extend_leases_if_claimed(
 async def release_if_claimed(
     conn: Connection, domain: str, claims: Sequence[ClaimedCommand]
 ) -> int:
-    """Make claimed commands visible again at once (clean stop); the attempt is not counted."""
-    return await conn.execute(RELEASE_IF_CLAIMED, _lease_params(domain, claims, 0.0))
+    """Make claimed commands visible again at once (clean stop); the attempt is not counted.
+    A member of a canceled batch is canceled instead. Returns how many were released."""
+    row = await conn.fetch_one(RELEASE_IF_CLAIMED, _lease_params(domain, claims, 0.0))
+    assert row is not None
+    return int(row["released"])
 
 
 def _lease_params(

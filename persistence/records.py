@@ -60,7 +60,10 @@ class AuditEventType(enum.StrEnum):
     OPERATOR_RETRY = "OPERATOR_RETRY"
     OPERATOR_CANCEL = "OPERATOR_CANCEL"
     OPERATOR_COMPLETE = "OPERATOR_COMPLETE"
+    CANCELED_WITH_BATCH = "CANCELED_WITH_BATCH"
     BATCH_STARTED = "BATCH_STARTED"
+    BATCH_CLOSED = "BATCH_CLOSED"
+    BATCH_CANCELED = "BATCH_CANCELED"
     BATCH_COMPLETED = "BATCH_COMPLETED"
 
 
@@ -291,12 +294,51 @@ class BatchCounts:
     in_troubleshooting: int
 
 
+class FollowUpEvent(enum.StrEnum):
+    """When a batch's follow-up command is sent (the keys of `batch.follow_ups`)."""
+
+    ON_COMPLETE = "ON_COMPLETE"  # the batch completes, whatever its members' outcomes
+    ON_SUCCESS = "ON_SUCCESS"  # it completes as COMPLETED and was not canceled
+    ON_FAILURE = "ON_FAILURE"  # a first member fails, is canceled or enters the TSQ
+
+    @property
+    def argument(self) -> str:
+        """The `create_batch` argument that sets it."""
+        return f"{self.lower()}_command"
+
+
+@attrs.frozen(kw_only=True)
+class FollowUpCommand:
+    """A command `create_batch` stores with a batch, sent when its event happens (see
+    `FollowUpEvent`) by the transaction in which it happens. It is an ordinary command of
+    `domain`, whose data is `data` plus the key "batch": the batch's domain, id, status,
+    counts and cancel, as of that transaction."""
+
+    domain: str
+    command_type: str
+    data: dict[str, Any] | None = None
+    max_attempts: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BatchFollowUp:
+    """A follow-up command as stored with its batch; `sent` if its event happened (then
+    the command `(command.domain, command_id)` was written in that transaction)."""
+
+    event: FollowUpEvent
+    command: FollowUpCommand
+    command_id: UUID
+    sent: bool
+
+
 @attrs.frozen(kw_only=True)
 class BatchMetadata:
     """A batch and its counts, exact as of the read.
 
     `total_count = pending + in_progress + completed_count + failed_count +
-    canceled_count + in_troubleshooting_count` at every commit.
+    canceled_count + in_troubleshooting_count` at every commit. An open batch (`is_open`)
+    takes more commands and never completes; a canceled one (`canceled_at` set) is
+    closed, and its status says how its members ended.
     """
 
     domain: str
@@ -312,10 +354,24 @@ class BatchMetadata:
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    is_open: bool = False
+    first_failure_at: datetime | None = None
+    canceled_at: datetime | None = None
+    canceled_by: str | None = None
+    cancel_reason: str | None = None
+    follow_ups: tuple[BatchFollowUp, ...] = ()
 
     @property
     def is_final(self) -> bool:
         return self.status.is_final
+
+    @property
+    def is_canceled(self) -> bool:
+        return self.canceled_at is not None
+
+    def follow_up(self, event: FollowUpEvent | str) -> BatchFollowUp | None:
+        """The follow-up stored for `event`, if any."""
+        return next((f for f in self.follow_ups if f.event == event), None)
 
     @property
     def counts(self) -> BatchCounts:
@@ -342,7 +398,39 @@ class BatchMetadata:
             created_at=row["created_at"],
             started_at=row["started_at"],
             completed_at=row["completed_at"],
+            is_open=row["is_open"],
+            first_failure_at=row["first_failure_at"],
+            canceled_at=row["canceled_at"],
+            canceled_by=row["canceled_by"],
+            cancel_reason=row["cancel_reason"],
+            follow_ups=_follow_ups(row),
         )
+
+
+def _follow_ups(row: Row) -> tuple[BatchFollowUp, ...]:
+    """The follow-ups stored on a batch row, each with whether its event happened."""
+    stored = row["follow_ups"] or {}
+    status = BatchStatus(row["status"])
+    happened = {
+        FollowUpEvent.ON_COMPLETE: status.is_final,
+        FollowUpEvent.ON_SUCCESS: status is BatchStatus.COMPLETED and row["canceled_at"] is None,
+        FollowUpEvent.ON_FAILURE: row["first_failure_at"] is not None,
+    }
+    return tuple(
+        BatchFollowUp(
+            event=event,
+            command=FollowUpCommand(
+                domain=spec["domain"],
+                command_type=spec["command_type"],
+                data=spec["data"],
+                max_attempts=spec["max_attempts"],
+            ),
+            command_id=UUID(spec["command_id"]),
+            sent=happened[event],
+        )
+        for event in FollowUpEvent
+        if (spec := stored.get(event.value)) is not None
+    )
 
 
 @attrs.frozen

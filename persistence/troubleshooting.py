@@ -29,7 +29,8 @@ _IN_TSQ_SQL = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 # The commands an action or listing applies to: one command, or a domain (and type) in bulk.
 _IN_SCOPE = f"""domain = %(domain)s AND status = {_IN_TSQ_SQL}
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
-      AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)"""
+      AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid)"""
 
 SELECT_TROUBLESHOOTING = f"""
 SELECT * FROM triobus.command
@@ -44,6 +45,12 @@ WHERE {_IN_SCOPE}
 
 LOCK_COMMAND_STATUS = """
 SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE
+"""
+
+# A batch's TSQ members are retried under its row lock, taken first as a cancel takes it.
+LOCK_BATCH = """
+SELECT canceled_at IS NOT NULL AS canceled FROM triobus.batch
+WHERE domain = %s AND batch_id = %s FOR UPDATE
 """
 
 # A retry may correct the command's data (`data`, NULL: keep it); its audit event then
@@ -133,8 +140,18 @@ _STATEMENTS = {
 }
 
 
-def _scope(domain: str, command_id: UUID | None, command_type: str | None) -> dict[str, Any]:
-    return {"domain": domain, "command_id": command_id, "command_type": command_type}
+def _scope(
+    domain: str,
+    command_id: UUID | None,
+    command_type: str | None,
+    batch_id: UUID | None = None,
+) -> dict[str, Any]:
+    return {
+        "domain": domain,
+        "command_id": command_id,
+        "command_type": command_type,
+        "batch_id": batch_id,
+    }
 
 
 async def select_troubleshooting(
@@ -162,6 +179,13 @@ async def lock_command_status(
     return None if row is None else CommandStatus(row["status"])
 
 
+async def lock_batch(conn: Connection, domain: str, batch_id: UUID) -> bool | None:
+    """Lock the batch row for this transaction; return whether it was canceled (None if
+    unknown)."""
+    row = await conn.fetch_one(LOCK_BATCH, (domain, batch_id))
+    return None if row is None else bool(row["canceled"])
+
+
 async def apply_operator_action(
     conn: Connection,
     action: OperatorAction,
@@ -169,17 +193,18 @@ async def apply_operator_action(
     *,
     command_id: UUID | None = None,
     command_type: str | None = None,
+    batch_id: UUID | None = None,
     operator: str | None = None,
     reason: str | None = None,
     result_json: str | None = None,
     data_json: str | None = None,
 ) -> list[CommandChange]:
-    """Apply `action` to the TSQ commands in scope (one command, or a domain/type in bulk).
-    `data_json` is a retry's corrected data (None: unchanged)."""
+    """Apply `action` to the TSQ commands in scope (one command, or a domain, type or batch
+    in bulk). `data_json` is a retry's corrected data (None: unchanged)."""
     rows = await conn.fetch_all(
         action.statement,
         {
-            **_scope(domain, command_id, command_type),
+            **_scope(domain, command_id, command_type, batch_id),
             "operator": operator,
             "reason": reason,
             "result": result_json,

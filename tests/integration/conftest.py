@@ -38,8 +38,10 @@ GRANTS = """
 GRANT USAGE ON SCHEMA triobus TO {producer}, {worker}, {operator};
 GRANT SELECT ON triobus.schema_version TO {producer}, {worker}, {operator};
 GRANT SELECT, INSERT ON triobus.command, triobus.batch, triobus.audit TO {producer};
+GRANT UPDATE ON triobus.batch TO {producer};
 GRANT SELECT, DELETE ON triobus.reply TO {producer};
-GRANT SELECT, UPDATE ON triobus.command, triobus.batch TO {worker}, {operator};
+GRANT SELECT, INSERT, UPDATE ON triobus.command TO {worker}, {operator};
+GRANT SELECT, UPDATE ON triobus.batch TO {worker}, {operator};
 GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
 """
 

@@ -57,7 +57,14 @@ async def test_claim_uses_the_partial_claimable_index(conn: DriverConnection) ->
 async def test_troubleshooting_queries_use_the_partial_tsq_index(
     conn: DriverConnection, sql: str
 ) -> None:
-    params = {"domain": "d", "command_id": None, "command_type": None, "limit": 50, "offset": 0}
+    params = {
+        "domain": "d",
+        "command_id": None,
+        "command_type": None,
+        "batch_id": None,
+        "limit": 50,
+        "offset": 0,
+    }
     text = await plan(conn, sql, params)
     assert "command_troubleshooting" in text
     assert "Seq Scan on command" not in text

@@ -11,6 +11,7 @@ from psycopg.conninfo import make_conninfo
 
 from triobus.actors import (
     BatchCommand,
+    FollowUpCommand,
     Command,
     CommandStatus,
     DatabaseError,
@@ -47,8 +48,26 @@ async def test_producer_worker_and_operator_roles_suffice(
         batch_id = await bus.create_batch(
             "d", [BatchCommand("Work", uuid.uuid4(), {"n": n}) for n in range(3)], name="b"
         )
+        # a batch filled over time by the producer, whose follow-up the worker writes
+        filled = await bus.create_batch(
+            "d",
+            [],
+            open=True,
+            on_complete_command=FollowUpCommand(domain="d", command_type="Work", data={"n": 9}),
+        )
+        await bus.add_to_batch("d", filled, [BatchCommand("Work", uuid.uuid4(), {"n": 4})])
+        assert await bus.close_batch("d", filled) is False
+        doomed = await bus.create_batch("d", [BatchCommand("Work", uuid.uuid4(), {"n": 5})])
+        assert await operator.bus.cancel_batch("d", doomed, reason="not wanted") == 1
         await worker.start_worker("d", poll_interval=0.05)
         assert (await producer.wait_batch("d", batch_id, timeout=15)).completed_count == 3
+        follow_up = (await producer.wait_batch("d", filled, timeout=15)).follow_ups[0]
+
+        async def follow_up_done() -> bool:
+            command = await bus.get_command("d", follow_up.command_id)
+            return command is not None and command.status is CommandStatus.COMPLETED
+
+        await eventually(follow_up_done)
 
         async def is_parked() -> bool:
             return await operator.tsq.count_troubleshooting("d") == 1
@@ -62,16 +81,20 @@ async def test_producer_worker_and_operator_roles_suffice(
         command = await bus.get_command("d", parked.command_id)
         assert command is not None and command.status is CommandStatus.COMPLETED
         assert len(await bus.get_audit_trail(parked.command_id, domain="d")) == 4
-        assert len(await bus.query_commands(domain="d")) == 5
+        assert len(await bus.query_commands(domain="d")) == 8
 
         # ... and no more: a producer cannot act as an operator, an operator cannot
-        # acknowledge replies, a worker cannot send.
+        # acknowledge replies, a worker cannot create a batch.
         with pytest.raises(DatabaseError, match="permission denied"):
             await producer.tsq.retry_all("d")
         with pytest.raises(DatabaseError, match="permission denied"):
+            await producer.bus.cancel_batch(
+                "d", await bus.create_batch("d", [], open=True), reason="no"
+            )
+        with pytest.raises(DatabaseError, match="permission denied"):
             await operator.bus.ack_replies("q", [1])
         with pytest.raises(DatabaseError, match="permission denied"):
-            await worker.bus.send("d", "Work", uuid.uuid4(), {})
+            await worker.bus.create_batch("d", [BatchCommand("Work", uuid.uuid4(), {})])
 
 
 async def test_a_role_that_may_not_migrate_is_told_to_start_without_migrating(

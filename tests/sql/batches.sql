@@ -7,8 +7,8 @@ COPY triobus.command
 FROM STDIN (FORMAT BINARY);
 
 -- name: INSERT_BATCH
-INSERT INTO triobus.batch (domain, batch_id, name, custom_data, total_count)
-VALUES (%s, %s, %s, %s::jsonb, %s)
+INSERT INTO triobus.batch (domain, batch_id, name, custom_data, total_count, follow_ups, is_open)
+VALUES (%s, %s, %s, %s::jsonb, %s, %s::jsonb, %s)
 ON CONFLICT DO NOTHING
 RETURNING created_at;
 

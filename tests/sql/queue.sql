@@ -11,7 +11,12 @@ WITH r AS (
          error_type, error_code, error_message, error_details)
 ), acked AS (
     UPDATE triobus.command c
-    SET status = r.status,
+    SET status = CASE WHEN r.status IN ('PENDING', 'IN_TROUBLESHOOTING_QUEUE')
+                           AND (c.batch_id IS NOT NULL AND (
+            SELECT cb.canceled_at IS NOT NULL FROM triobus.batch cb
+            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
+            FOR UPDATE))
+                      THEN 'CANCELED' ELSE r.status END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
         error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
@@ -33,22 +38,25 @@ WITH r AS (
               r.error_details::jsonb AS error_details, r.event, r.retry_delay
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
-    SELECT domain, command_id, event,
+    SELECT domain, command_id,
+           CASE WHEN status = 'CANCELED' THEN 'CANCELED_WITH_BATCH' ELSE event END,
            jsonb_strip_nulls(jsonb_build_object(
                'attempt', attempts, 'error_type', error_type, 'error_code', error_code,
                'error_message', error_message, 'error_details', error_details,
-               'retry_in_seconds', CASE WHEN status = 'PENDING' THEN retry_delay END))
+               'retry_in_seconds', CASE WHEN status = 'PENDING' THEN retry_delay END,
+               'instead_of', CASE WHEN status = 'CANCELED' THEN event END))
     FROM acked
 ), replies AS (
     INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
     SELECT reply_to, domain, command_id, correlation_id,
-           CASE status WHEN 'COMPLETED' THEN 'SUCCESS' ELSE 'FAILED' END,
+           CASE status WHEN 'COMPLETED' THEN 'SUCCESS' WHEN 'CANCELED' THEN 'CANCELED' ELSE 'FAILED' END,
            CASE status WHEN 'COMPLETED' THEN result
+                WHEN 'CANCELED' THEN jsonb_build_object('reason', 'its batch was canceled')
                 ELSE jsonb_strip_nulls(jsonb_build_object(
                     'error_type', error_type, 'error_code', error_code,
                     'error_message', error_message, 'error_details', error_details)) END
     FROM acked
-    WHERE reply_to IS NOT NULL AND status IN ('COMPLETED', 'FAILED')
+    WHERE reply_to IS NOT NULL AND status IN ('COMPLETED', 'FAILED', 'CANCELED')
     ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
     RETURNING pg_notify('triobus_reply', queue)
 ), status_changes AS (
@@ -56,6 +64,7 @@ WITH r AS (
     FROM acked
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
            sum((new_status = 'COMPLETED')::int
                - (old_status = 'COMPLETED')::int)::int AS completed_count,
            sum((new_status = 'FAILED')::int
@@ -72,6 +81,7 @@ WITH r AS (
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -89,20 +99,23 @@ WITH r AS (
         canceled_count = b.canceled_count + d.canceled_count,
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                  AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
     FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -118,6 +131,35 @@ WITH r AS (
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
                    THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
 SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
@@ -177,6 +219,7 @@ WITH candidates AS (
     FROM exhausted
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
            sum((new_status = 'COMPLETED')::int
                - (old_status = 'COMPLETED')::int)::int AS completed_count,
            sum((new_status = 'FAILED')::int
@@ -193,6 +236,7 @@ WITH candidates AS (
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -210,20 +254,23 @@ WITH candidates AS (
         canceled_count = b.canceled_count + d.canceled_count,
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                  AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
     FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -239,6 +286,35 @@ WITH candidates AS (
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
                    THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
 SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
        max_attempts, lease_token
@@ -272,6 +348,7 @@ WITH acked AS (
     FROM acked
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
            sum((new_status = 'COMPLETED')::int
                - (old_status = 'COMPLETED')::int)::int AS completed_count,
            sum((new_status = 'FAILED')::int
@@ -288,6 +365,7 @@ WITH acked AS (
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -305,20 +383,23 @@ WITH acked AS (
         canceled_count = b.canceled_count + d.canceled_count,
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                  AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
     FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -334,6 +415,35 @@ WITH acked AS (
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
                    THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
 SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
@@ -365,8 +475,130 @@ WITH mine AS (
     WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
       AND lease_token = ANY(%(lease_tokens)s)
     FOR UPDATE SKIP LOCKED
+), released AS (
+    UPDATE triobus.command c
+    SET status = CASE WHEN (c.batch_id IS NOT NULL AND (
+            SELECT cb.canceled_at IS NOT NULL FROM triobus.batch cb
+            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
+            FOR UPDATE)) THEN 'CANCELED'
+                      ELSE 'PENDING' END,
+        visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
+    FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
+    RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id
+), audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'CANCELED_WITH_BATCH',
+           jsonb_build_object('instead_of', 'RELEASED')
+    FROM released WHERE status = 'CANCELED'
+), replies AS (
+    INSERT INTO triobus.reply (queue, domain, command_id, correlation_id, outcome, data)
+    SELECT reply_to, domain, command_id, correlation_id,
+           'CANCELED',
+           jsonb_build_object('reason', 'its batch was canceled')
+    FROM released
+    WHERE reply_to IS NOT NULL AND status = 'CANCELED'
+    ON CONFLICT ON CONSTRAINT reply_once_per_command DO NOTHING
+    RETURNING pg_notify('triobus_reply', queue)
+), status_changes AS (
+    SELECT domain, batch_id, 'IN_PROGRESS' AS old_status, status AS new_status
+    FROM released
+), batch_deltas AS (
+    SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
+           sum((new_status = 'COMPLETED')::int
+               - (old_status = 'COMPLETED')::int)::int AS completed_count,
+           sum((new_status = 'FAILED')::int
+               - (old_status = 'FAILED')::int)::int AS failed_count,
+           sum((new_status = 'CANCELED')::int
+               - (old_status = 'CANCELED')::int)::int AS canceled_count,
+           sum((new_status = 'IN_TROUBLESHOOTING_QUEUE')::int
+               - (old_status = 'IN_TROUBLESHOOTING_QUEUE')::int)::int AS in_troubleshooting_count
+    FROM status_changes WHERE batch_id IS NOT NULL
+    GROUP BY domain, batch_id
+), batch_delta_sums AS (
+    SELECT *, completed_count + failed_count + canceled_count AS terminal_delta,
+           failed_count + canceled_count AS failures_delta
+    FROM batch_deltas
+), batch_locked AS (
+    SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
+           b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
+    FROM triobus.batch b
+    JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
+    WHERE d.completed_count <> 0
+       OR d.failed_count <> 0
+       OR d.canceled_count <> 0
+       OR d.in_troubleshooting_count <> 0
+       OR (d.started AND b.started_at IS NULL)  -- only rows that change are locked
+    ORDER BY b.domain, b.batch_id
+    FOR UPDATE OF b
+), batch_updated AS (
+    UPDATE triobus.batch b
+    SET completed_count = b.completed_count + d.completed_count,
+        failed_count = b.failed_count + d.failed_count,
+        canceled_count = b.canceled_count + d.canceled_count,
+        in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
+        started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
+        status = CASE
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                 AND b.failed_count + b.canceled_count + d.failures_delta > 0
+                THEN 'COMPLETED_WITH_FAILURES'
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                THEN 'COMPLETED'
+            WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
+            ELSE b.status END,
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+                            THEN now() ELSE b.completed_at END
+    FROM batch_delta_sums d, batch_locked l
+    WHERE b.domain = d.domain AND b.batch_id = d.batch_id
+      AND l.domain = d.domain AND l.batch_id = d.batch_id
+    RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
+              NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
+), batch_audit AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, batch_id, 'BATCH_STARTED',
+           jsonb_build_object('total_count', total_count)
+    FROM batch_updated WHERE newly_started
+    UNION ALL
+    SELECT domain, batch_id, 'BATCH_COMPLETED',
+           jsonb_build_object('status', status, 'total_count', total_count,
+                              'completed_count', completed_count,
+                              'failed_count', failed_count,
+                              'canceled_count', canceled_count)
+    FROM batch_updated WHERE newly_completed
+    RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
+                   THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
-UPDATE triobus.command c
-SET status = 'PENDING', visible_at = now(), lease_token = NULL,
-    attempts = c.attempts - 1, updated_at = now()
-FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id;
+SELECT count(*) AS released FROM released;

@@ -7,6 +7,7 @@ WITH changed AS (
     WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid)
     RETURNING domain, command_id, batch_id, status, reply_to, correlation_id
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -27,6 +28,7 @@ WITH changed AS (
     FROM changed
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
            sum((new_status = 'COMPLETED')::int
                - (old_status = 'COMPLETED')::int)::int AS completed_count,
            sum((new_status = 'FAILED')::int
@@ -43,6 +45,7 @@ WITH changed AS (
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -60,20 +63,23 @@ WITH changed AS (
         canceled_count = b.canceled_count + d.canceled_count,
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                  AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
     FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -89,6 +95,35 @@ WITH changed AS (
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
                    THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
 SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
@@ -106,6 +141,7 @@ WITH changed AS (
     WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid)
     RETURNING domain, command_id, batch_id, status, reply_to, correlation_id, result
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -126,6 +162,7 @@ WITH changed AS (
     FROM changed
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
            sum((new_status = 'COMPLETED')::int
                - (old_status = 'COMPLETED')::int)::int AS completed_count,
            sum((new_status = 'FAILED')::int
@@ -142,6 +179,7 @@ WITH changed AS (
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -159,20 +197,23 @@ WITH changed AS (
         canceled_count = b.canceled_count + d.canceled_count,
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                  AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
     FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -188,6 +229,35 @@ WITH changed AS (
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
                    THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
 SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
@@ -201,7 +271,12 @@ LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
 SELECT count(*) AS n FROM triobus.command
 WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
-      AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text);
+      AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid);
+
+-- name: LOCK_BATCH
+SELECT canceled_at IS NOT NULL AS canceled FROM triobus.batch
+WHERE domain = %s AND batch_id = %s FOR UPDATE;
 
 -- name: LOCK_COMMAND_STATUS
 SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE;
@@ -211,6 +286,7 @@ WITH previous AS (
     SELECT domain, command_id, data FROM triobus.command WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid)
 ), changed AS (
     UPDATE triobus.command
     SET status = 'PENDING', attempts = 0, visible_at = now(),
@@ -218,6 +294,7 @@ WITH previous AS (
     WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid)
     RETURNING domain, command_id, batch_id, status, data
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -232,6 +309,7 @@ WITH previous AS (
     FROM changed
 ), batch_deltas AS (
     SELECT domain, batch_id, bool_or(new_status = 'IN_PROGRESS') AS started,
+           
            sum((new_status = 'COMPLETED')::int
                - (old_status = 'COMPLETED')::int)::int AS completed_count,
            sum((new_status = 'FAILED')::int
@@ -248,6 +326,7 @@ WITH previous AS (
     FROM batch_deltas
 ), batch_locked AS (
     SELECT b.domain, b.batch_id, b.started_at IS NULL AS unstarted,
+           b.first_failure_at IS NULL AS unfailed,
            b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS was_final
     FROM triobus.batch b
     JOIN batch_delta_sums d ON b.domain = d.domain AND b.batch_id = d.batch_id
@@ -265,20 +344,23 @@ WITH previous AS (
         canceled_count = b.canceled_count + d.canceled_count,
         in_troubleshooting_count = b.in_troubleshooting_count + d.in_troubleshooting_count,
         started_at = CASE WHEN l.unstarted AND d.started THEN now() ELSE b.started_at END,
+        first_failure_at = CASE WHEN l.unfailed AND (d.failures_delta > 0 OR d.in_troubleshooting_count > 0)
+                                THEN now() ELSE b.first_failure_at END,
         status = CASE
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                  AND b.failed_count + b.canceled_count + d.failures_delta > 0
                 THEN 'COMPLETED_WITH_FAILURES'
-            WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+            WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                 THEN 'COMPLETED'
             WHEN l.unstarted AND d.started THEN 'IN_PROGRESS'
             ELSE b.status END,
-        completed_at = CASE WHEN b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
+        completed_at = CASE WHEN NOT b.is_open AND b.completed_count + b.failed_count + b.canceled_count + d.terminal_delta = b.total_count
                             THEN now() ELSE b.completed_at END
     FROM batch_delta_sums d, batch_locked l
     WHERE b.domain = d.domain AND b.batch_id = d.batch_id
       AND l.domain = d.domain AND l.batch_id = d.batch_id
     RETURNING b.*, l.unstarted AND d.started AS newly_started,
+              l.unfailed AND b.first_failure_at IS NOT NULL AS newly_failed,
               NOT l.was_final AND b.status IN ('COMPLETED', 'COMPLETED_WITH_FAILURES') AS newly_completed
 ), batch_audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -294,6 +376,35 @@ WITH previous AS (
     FROM batch_updated WHERE newly_completed
     RETURNING CASE WHEN event_type = 'BATCH_COMPLETED'
                    THEN pg_notify('triobus_batch', domain || ':' || subject_id) END
+), batch_follow_ups AS (
+    INSERT INTO triobus.command
+        (domain, command_id, command_type, data, correlation_id, max_attempts)
+    SELECT f.spec->>'domain', (f.spec->>'command_id')::uuid, f.spec->>'command_type',
+           f.spec->'data' || jsonb_build_object('batch', jsonb_build_object(
+               'domain', bu.domain, 'batch_id', bu.batch_id, 'event', f.event,
+               'status', bu.status, 'total_count', bu.total_count, 'completed_count', bu.completed_count, 'failed_count', bu.failed_count, 'canceled_count', bu.canceled_count, 'in_troubleshooting_count', bu.in_troubleshooting_count,
+               'canceled', bu.canceled_at IS NOT NULL, 'cancel_reason', bu.cancel_reason)),
+           bu.batch_id, (f.spec->>'max_attempts')::int
+    FROM batch_updated bu, jsonb_each(bu.follow_ups) AS f(event, spec)
+    WHERE CASE f.event
+        WHEN 'ON_COMPLETE' THEN bu.newly_completed
+        WHEN 'ON_SUCCESS' THEN bu.newly_completed
+            AND bu.status = 'COMPLETED' AND bu.canceled_at IS NULL
+        WHEN 'ON_FAILURE' THEN bu.newly_failed
+        ELSE false END
+    ON CONFLICT DO NOTHING  -- the id is the (batch, event)'s: never stored twice
+    RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
+              visible_at, data
+), follow_up_sent AS (
+    INSERT INTO triobus.audit (domain, subject_id, event_type, details)
+    SELECT domain, command_id, 'SENT',
+           jsonb_build_object('command_type', command_type, 'correlation_id', correlation_id,
+                              'reply_to', reply_to, 'max_attempts', max_attempts,
+                              'visible_at', visible_at,
+                              'follow_up_of', data->'batch'->'batch_id',
+                              'follow_up_event', data->'batch'->'event')
+    FROM batch_follow_ups
+    RETURNING pg_notify('triobus_command', domain)
 )
 SELECT c.domain, c.command_id, c.status, c.batch_id,
        coalesce(bu.newly_completed, false) AS batch_completed,
@@ -308,4 +419,5 @@ SELECT * FROM triobus.command
 WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
+      AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s::uuid)
 ORDER BY updated_at, command_id LIMIT %(limit)s OFFSET %(offset)s;

@@ -15,6 +15,7 @@ TRIO_FREE = (
     "audit",
     "backoff",
     "batch_counts",
+    "batch_operations",
     "batches",
     "commands",
     "connection",

@@ -30,8 +30,11 @@ from tests.integration.bad_input.cases import (
 )
 from triobus.actors import (
     BatchCommand,
+    BatchNotFoundError,
     DuplicateBatchError,
     DuplicateCommandError,
+    FollowUpCommand,
+    InvalidOperationError,
     Runtime,
     ValidationError,
 )
@@ -39,6 +42,15 @@ from triobus.actors import (
 
 def _batch_of(command: BatchCommand) -> Call:
     return lambda rt, s: rt.bus.create_batch("d", [command])
+
+
+def _with_follow_up(argument: str, follow_up: object) -> Call:
+    return lambda rt, s: rt.bus.create_batch(
+        "d", [BatchCommand("T", uuid.uuid4(), {})], **{argument: follow_up}
+    )
+
+
+FOLLOW_UP_ARGUMENTS = ("on_complete_command", "on_success_command", "on_failure_command")
 
 
 BUS_CASES = [
@@ -390,6 +402,186 @@ BUS_CASES = [
         ),
         ValidationError,
         "on_complete must be an async callable.*domain 'd', batch",
+    ),
+    # create_batch's follow-up commands and open batches
+    *(
+        case(
+            f"create_batch-{argument}",
+            "wrong-type",
+            _with_follow_up(argument, {"domain": "d", "command_type": "T"}),
+            ValidationError,
+            f"{argument} must be a FollowUpCommand, got dict .*domain 'd', batch",
+        )
+        for argument in FOLLOW_UP_ARGUMENTS
+    ),
+    *name_cases(
+        "create_batch-follow_up-domain",
+        "domain",
+        lambda rt, s, v: rt.bus.create_batch(
+            "d",
+            [BatchCommand("T", uuid.uuid4(), {})],
+            on_complete_command=FollowUpCommand(domain=v, command_type="T"),
+        ),
+        "on_complete_command of domain 'd', batch",
+    ),
+    *name_cases(
+        "create_batch-follow_up-type",
+        "command_type",
+        lambda rt, s, v: rt.bus.create_batch(
+            "d",
+            [BatchCommand("T", uuid.uuid4(), {})],
+            on_failure_command=FollowUpCommand(domain="d", command_type=v),
+        ),
+        "on_failure_command of domain 'd', batch",
+    ),
+    *json_cases(
+        "create_batch-follow_up-data",
+        "on_success_command.data",
+        lambda rt, s, v: rt.bus.create_batch(
+            "d",
+            [BatchCommand("T", uuid.uuid4(), {})],
+            on_success_command=FollowUpCommand(domain="d", command_type="T", data=v),
+        ),
+        "domain 'd', batch",
+    ),
+    case(
+        "create_batch-follow_up-data",
+        "reserved-key",
+        _with_follow_up(
+            "on_complete_command",
+            FollowUpCommand(domain="d", command_type="T", data={"batch": 1}),
+        ),
+        ValidationError,
+        "on_complete_command.data may not have the key \"batch\".*domain 'd', batch",
+    ),
+    *(
+        case(
+            f"create_batch-follow_up-max_attempts[{i}]",
+            kind,
+            _with_follow_up(
+                "on_complete_command",
+                FollowUpCommand(domain="d", command_type="T", max_attempts=value),
+            ),
+            ValidationError,
+            f"max_attempts {match}.*on_complete_command of domain 'd', batch",
+        )
+        for i, (kind, value, match) in enumerate(
+            [
+                ("out-of-range", 0, "must be between 1 and 1000, got 0"),
+                ("out-of-range", 10**9, "must be between 1 and 1000"),
+                ("wrong-type", "3", "must be an int"),
+            ]
+        )
+    ),
+    case(
+        "create_batch-open",
+        "wrong-type",
+        lambda rt, s: rt.bus.create_batch("d", [], open="yes"),
+        ValidationError,
+        "open must be a bool, got str .*domain 'd', batch",
+    ),
+    case(
+        "create_batch-commands",
+        "empty",
+        lambda rt, s: rt.bus.create_batch("d", []),
+        ValidationError,
+        "a batch needs at least one command .*domain 'd', batch",
+    ),
+    # add_to_batch, close_batch, cancel_batch
+    *name_cases(
+        "add_to_batch-domain",
+        "domain",
+        lambda rt, s, v: rt.bus.add_to_batch(v, s.batch, [BatchCommand("T", uuid.uuid4(), {})]),
+    ),
+    *uuid_cases(
+        "add_to_batch-id",
+        lambda rt, s, v: rt.bus.add_to_batch("d", v, [BatchCommand("T", uuid.uuid4(), {})]),
+        "batch_id must be a UUID.*domain 'd'",
+    ),
+    case(
+        "add_to_batch-commands",
+        "empty",
+        lambda rt, s: rt.bus.add_to_batch("d", s.batch, []),
+        ValidationError,
+        "a batch needs at least one command .*domain 'd', batch <batch>",
+    ),
+    case(
+        "add_to_batch-command-data",
+        "json",
+        lambda rt, s: rt.bus.add_to_batch(
+            "d", s.batch, [BatchCommand("T", uuid.uuid4(), NAN_DATA)]
+        ),
+        ValidationError,
+        r"commands\[0\] of batch <batch>: data is not JSON-serialisable.*domain 'd'",
+    ),
+    case(
+        "add_to_batch-closed",
+        "state",
+        lambda rt, s: rt.bus.add_to_batch("d", s.batch, [BatchCommand("T", uuid.uuid4(), {})]),
+        InvalidOperationError,
+        "batch <batch> in domain 'd' is closed: adding commands does not apply",
+        reads=True,
+    ),
+    case(
+        "add_to_batch-unknown",
+        "state",
+        lambda rt, s: rt.bus.add_to_batch("d", UNKNOWN, [BatchCommand("T", uuid.uuid4(), {})]),
+        BatchNotFoundError,
+        "batch <unknown> not found in domain 'd'",
+        reads=True,
+    ),
+    *name_cases("close_batch-domain", "domain", lambda rt, s, v: rt.bus.close_batch(v, s.batch)),
+    *uuid_cases(
+        "close_batch-id",
+        lambda rt, s, v: rt.bus.close_batch("d", v),
+        "batch_id must be a UUID.*domain 'd'",
+    ),
+    case(
+        "close_batch-closed",
+        "state",
+        lambda rt, s: rt.bus.close_batch("d", s.batch),
+        InvalidOperationError,
+        "batch <batch> in domain 'd' is closed: close does not apply",
+        reads=True,
+    ),
+    case(
+        "close_batch-conn",
+        "wrong-type",
+        lambda rt, s: rt.bus.close_batch("d", s.batch, conn=object()),
+        ValidationError,
+        "conn must be a transaction from runtime.transaction.., got object .domain 'd', batch",
+    ),
+    *name_cases(
+        "cancel_batch-domain",
+        "domain",
+        lambda rt, s, v: rt.bus.cancel_batch(v, s.batch, reason="r"),
+    ),
+    *uuid_cases(
+        "cancel_batch-id",
+        lambda rt, s, v: rt.bus.cancel_batch("d", v, reason="r"),
+        "batch_id must be a UUID.*domain 'd'",
+    ),
+    *text_cases(
+        "cancel_batch-reason",
+        "reason",
+        lambda rt, s, v: rt.bus.cancel_batch("d", s.batch, reason=v),
+        1000,
+        "domain 'd', batch <batch>",
+    ),
+    *text_cases(
+        "cancel_batch-operator",
+        "operator",
+        lambda rt, s, v: rt.bus.cancel_batch("d", s.batch, reason="r", operator=v),
+        200,
+        "domain 'd', batch <batch>",
+    ),
+    case(
+        "cancel_batch-unknown",
+        "state",
+        lambda rt, s: rt.bus.cancel_batch("d", UNKNOWN, reason="r"),
+        BatchNotFoundError,
+        "batch <unknown> not found in domain 'd'",
+        reads=True,
     ),
     # get_batch, list_batches, list_batch_commands
     *name_cases("get_batch-domain", "domain", lambda rt, s, v: rt.bus.get_batch(v, s.batch)),

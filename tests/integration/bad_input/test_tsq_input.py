@@ -1,5 +1,5 @@
 """Bad input for the troubleshooting queue: list, count, operator retry/cancel/complete,
-retry_all and cancel_all (what every case asserts: cases.py)."""
+retry_all, cancel_all and retry_batch (what every case asserts: cases.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ from tests.integration.bad_input.cases import (
     text_cases,
     uuid_cases,
 )
-from triobus.actors import CommandNotFoundError, InvalidOperationError, Runtime, ValidationError
+from triobus.actors import (
+    BatchNotFoundError,
+    CommandNotFoundError,
+    InvalidOperationError,
+    Runtime,
+    ValidationError,
+)
 
 
 def _operator_state_cases(name: str, call: Callable[[Any, str, object], object]) -> list[Any]:
@@ -163,6 +169,27 @@ TSQ_CASES = [
     ),
     *_operator_state_cases("complete", lambda rt, d, i: rt.tsq.operator_complete(d, i)),
     # bulk forms
+    *name_cases("retry_batch-domain", "domain", lambda rt, s, v: rt.tsq.retry_batch(v, s.batch)),
+    *uuid_cases(
+        "retry_batch-id",
+        lambda rt, s, v: rt.tsq.retry_batch("d", v),
+        "batch_id must be a UUID.*domain 'd'",
+    ),
+    *text_cases(
+        "retry_batch-operator",
+        "operator",
+        lambda rt, s, v: rt.tsq.retry_batch("d", s.batch, operator=v),
+        200,
+        "domain 'd', batch <batch>",
+    ),
+    case(
+        "retry_batch-unknown",
+        "unknown-id",
+        lambda rt, s: rt.tsq.retry_batch("d", UNKNOWN),
+        BatchNotFoundError,
+        "batch <unknown> not found in domain 'd'",
+        reads=True,
+    ),
     *name_cases("retry_all-domain", "domain", lambda rt, s, v: rt.tsq.retry_all(v)),
     *name_cases(
         "retry_all-type",
