@@ -7,8 +7,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
 from tests.integration.batch_work import commands, register_work, start_worker_process
 from triobus.actors import (
     AuditEventType,
@@ -26,7 +24,7 @@ from triobus.persistence.driver import connect
 from triobus.persistence.new_commands import follow_up_command_id
 
 REPORT = FollowUpCommand(domain="f", command_type="Report", data={"to": "ops"})
-ALL_THREE = {
+ALL_THREE: dict[str, Any] = {
     "on_complete_command": REPORT,
     "on_success_command": FollowUpCommand(domain="f", command_type="Success", max_attempts=2),
     "on_failure_command": FollowUpCommand(domain="f", command_type="Failure"),
@@ -183,7 +181,7 @@ async def test_a_member_put_right_by_an_operator_lets_the_batch_succeed_after_on
 
 
 async def test_follow_ups_commit_with_the_transaction_that_completes_the_batch(
-    triobus_runtime: Runtime, triobus_dsn: str
+    triobus_runtime: Runtime, triobus_dsn: str, eventually: Callable[..., Any]
 ) -> None:
     """An open batch whose members are all done completes when it is closed: in the
     closing transaction, so its follow-up is invisible before it commits and gone if it
@@ -192,9 +190,7 @@ async def test_follow_ups_commit_with_the_transaction_that_completes_the_batch(
     await register_work(runtime)
     batch_id = await runtime.bus.create_batch("d", commands("ok"), open=True, **ALL_THREE)
     await runtime.start_worker("d", poll_interval=0.05)
-    with trio.fail_after(15):
-        while (await runtime.bus.list_batch_commands("d", batch_id, status="COMPLETED")) == []:
-            await trio.sleep(0.02)
+    await eventually(lambda: runtime.bus.list_batch_commands("d", batch_id, status="COMPLETED"))
     assert await follow_ups_by_type(runtime) == {}  # done but open: not complete
 
     class Rollback(Exception):

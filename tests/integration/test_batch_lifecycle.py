@@ -30,7 +30,7 @@ from triobus.actors import (
 )
 from triobus.persistence.queue import claim_commands, release_if_claimed
 
-FOLLOW_UPS = {
+FOLLOW_UPS: dict[str, Any] = {
     "on_complete_command": FollowUpCommand(domain="f", command_type="Report"),
     "on_success_command": FollowUpCommand(domain="f", command_type="Success"),
     "on_failure_command": FollowUpCommand(domain="f", command_type="Failure"),
@@ -63,9 +63,10 @@ def member(outcome: str, **options: Any) -> BatchCommand:
     return BatchCommand("Work", uuid.uuid4(), {"outcome": outcome}, **options)
 
 
-async def statuses(runtime: Runtime, batch_id: uuid.UUID) -> dict[uuid.UUID, CommandStatus]:
+async def statuses(runtime: Runtime, batch_id: uuid.UUID) -> dict[str, CommandStatus]:
+    """The status of each member, by command id (as a str: BatchCommand takes either)."""
     found = await runtime.bus.list_batch_commands("c", batch_id, limit=1000)
-    return {c.command_id: c.status for c in found}
+    return {str(c.command_id): c.status for c in found}
 
 
 async def follow_up_types(runtime: Runtime) -> set[str]:
@@ -95,7 +96,7 @@ async def test_cancel_ends_every_waiting_member_and_lets_the_running_one_finish(
 
     async def settled() -> bool:
         found = await statuses(runtime, batch_id)
-        return gate.started.is_set() and [found[m.command_id] for m in members] == [
+        return gate.started.is_set() and [found[str(m.command_id)] for m in members] == [
             CommandStatus.COMPLETED,
             CommandStatus.IN_TROUBLESHOOTING_QUEUE,
             CommandStatus.PENDING,  # waiting out its back-off
@@ -119,7 +120,7 @@ async def test_cancel_ends_every_waiting_member_and_lets_the_running_one_finish(
     assert batch.status is BatchStatus.COMPLETED_WITH_FAILURES
     assert batch.canceled_count == 4 and batch.completed_count == 1
     found = await statuses(runtime, batch_id)
-    assert [found[m.command_id] for m in members] == [CommandStatus.COMPLETED] + [
+    assert [found[str(m.command_id)] for m in members] == [CommandStatus.COMPLETED] + [
         CommandStatus.CANCELED
     ] * 4
     trail = await runtime.bus.get_audit_trail(running.command_id, domain="c")
@@ -182,15 +183,15 @@ async def test_of_two_concurrent_cancels_one_wins(triobus_runtime: Runtime) -> N
         batch_id = await runtime.bus.create_batch("c", [member("ok") for _ in range(50)])
         outcomes: list[object] = []
 
-        async def cancel(reason: str, batch_id: uuid.UUID = batch_id) -> None:
+        async def cancel(reason: str, batch_id: uuid.UUID, outcomes: list[object]) -> None:
             try:
                 outcomes.append(await runtime.bus.cancel_batch("c", batch_id, reason=reason))
             except InvalidOperationError as ex:
                 outcomes.append(ex)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel, "first")
-            nursery.start_soon(cancel, "second")
+            nursery.start_soon(cancel, "first", batch_id, outcomes)
+            nursery.start_soon(cancel, "second", batch_id, outcomes)
         assert sorted(map(type, outcomes), key=str) == sorted([int, InvalidOperationError], key=str)
         assert 50 in outcomes
         events = await runtime.bus.get_audit_trail(batch_id, domain="c")
@@ -281,7 +282,7 @@ async def test_an_open_batch_takes_commands_and_completes_only_once_closed(
     await runtime.bus.add_to_batch("d", batch_id, commands("ok"))
     assert await runtime.bus.close_batch("d", batch_id) is False  # one member is open
     # closed, and completed too if the last member has just finished
-    with pytest.raises(InvalidOperationError, match="is (closed|COMPLETED): adding commands"):
+    with pytest.raises(InvalidOperationError, match=r"is (closed|COMPLETED): adding commands"):
         await runtime.bus.add_to_batch("d", batch_id, commands("ok"))
     batch = await runtime.wait_batch("d", batch_id, timeout=15)
     assert batch.status is BatchStatus.COMPLETED and batch.total_count == 3

@@ -11,10 +11,10 @@ from psycopg.conninfo import make_conninfo
 
 from triobus.actors import (
     BatchCommand,
-    FollowUpCommand,
     Command,
     CommandStatus,
     DatabaseError,
+    FollowUpCommand,
     HandlerContext,
     HandlerRegistry,
     PermanentCommandError,

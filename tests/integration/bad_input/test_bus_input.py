@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,11 @@ def _with_follow_up(argument: str, follow_up: object) -> Call:
     return lambda rt, s: rt.bus.create_batch(
         "d", [BatchCommand("T", uuid.uuid4(), {})], **{argument: follow_up}
     )
+
+
+def _follow_up(**fields: Any) -> FollowUpCommand:
+    """A FollowUpCommand with any (also ill-typed) field values."""
+    return FollowUpCommand(**fields)
 
 
 FOLLOW_UP_ARGUMENTS = ("on_complete_command", "on_success_command", "on_failure_command")
@@ -420,7 +426,7 @@ BUS_CASES = [
         lambda rt, s, v: rt.bus.create_batch(
             "d",
             [BatchCommand("T", uuid.uuid4(), {})],
-            on_complete_command=FollowUpCommand(domain=v, command_type="T"),
+            on_complete_command=_follow_up(domain=v, command_type="T"),
         ),
         "on_complete_command of domain 'd', batch",
     ),
@@ -430,7 +436,7 @@ BUS_CASES = [
         lambda rt, s, v: rt.bus.create_batch(
             "d",
             [BatchCommand("T", uuid.uuid4(), {})],
-            on_failure_command=FollowUpCommand(domain="d", command_type=v),
+            on_failure_command=_follow_up(domain="d", command_type=v),
         ),
         "on_failure_command of domain 'd', batch",
     ),
@@ -440,7 +446,7 @@ BUS_CASES = [
         lambda rt, s, v: rt.bus.create_batch(
             "d",
             [BatchCommand("T", uuid.uuid4(), {})],
-            on_success_command=FollowUpCommand(domain="d", command_type="T", data=v),
+            on_success_command=_follow_up(domain="d", command_type="T", data=v),
         ),
         "domain 'd', batch",
     ),
@@ -460,7 +466,7 @@ BUS_CASES = [
             kind,
             _with_follow_up(
                 "on_complete_command",
-                FollowUpCommand(domain="d", command_type="T", max_attempts=value),
+                _follow_up(domain="d", command_type="T", max_attempts=value),
             ),
             ValidationError,
             f"max_attempts {match}.*on_complete_command of domain 'd', batch",
