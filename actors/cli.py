@@ -1,7 +1,7 @@
 """The `triobus` operator command line.
 
-    triobus [--dsn DSN] [--json] migrate | worker | tsq ... | batch ... | command show |
-                                 replies read
+    triobus [--dsn DSN] [--json] migrate | worker | tsq ... | batch ... | command ... |
+                                 stats | replies read
 
 Every command needs a database: `--dsn`, else `$TRIOBUS_DSN` (the embedded cluster is for
 the demo and tests, not for operators). Output is a table for people, or JSON with
@@ -261,16 +261,70 @@ async def _existing_batch(args: argparse.Namespace, runtime: Runtime) -> BatchMe
     return batch
 
 
+FOLLOW_UP_COLUMNS = ("event", "domain", "command_type", "command_id", "sent", "status")
+
+
+async def _follow_up_rows(batch: BatchMetadata, runtime: Runtime) -> list[dict[str, Any]]:
+    """The batch's follow-up commands: whether each was sent, and its status now."""
+    rows = []
+    for follow_up in batch.follow_ups:
+        command = (
+            await runtime.bus.get_command(follow_up.command.domain, follow_up.command_id)
+            if follow_up.sent
+            else None
+        )
+        rows.append(
+            {
+                "event": follow_up.event,
+                "domain": follow_up.command.domain,
+                "command_type": follow_up.command.command_type,
+                "command_id": follow_up.command_id,
+                "sent": follow_up.sent,
+                "status": None if command is None else command.status,
+            }
+        )
+    return rows
+
+
 async def batch_show(args: argparse.Namespace, runtime: Runtime) -> None:
     batch = await _existing_batch(args, runtime)
+    follow_ups = await _follow_up_rows(batch, runtime)
     trail = await runtime.bus.get_audit_trail(batch.batch_id, domain=args.domain)
-    _emit_with_trail(args, "batch", batch, trail)
+    shown = _plain(batch)
+    del shown["follow_ups"]  # a table of their own
+    if args.json:
+        _emit(args, {"batch": shown, "follow_ups": follow_ups, "audit": trail})
+        return
+    _emit(args, shown)
+    print()
+    _emit(args, follow_ups, FOLLOW_UP_COLUMNS)
+    print()
+    _emit(args, trail, ("audit_id", "occurred_at", "event_type", "details"))
+
+
+async def batch_cancel(args: argparse.Namespace, runtime: Runtime) -> None:
+    count = await runtime.bus.cancel_batch(
+        args.domain, args.batch_id, reason=args.reason, operator=_operator(args)
+    )
+    _emit(args, {"batch_id": args.batch_id, "action": "canceled", "members_canceled": count})
+
+
+async def batch_retry(args: argparse.Namespace, runtime: Runtime) -> None:
+    count = await runtime.tsq.retry_batch(args.domain, args.batch_id, operator=_operator(args))
+    _emit(args, {"batch_id": args.batch_id, "action": "retried", "members_retried": count})
+
+
+async def batch_close(args: argparse.Namespace, runtime: Runtime) -> None:
+    completed = await runtime.bus.close_batch(args.domain, args.batch_id)
+    _emit(args, {"batch_id": args.batch_id, "action": "closed", "completed": completed})
 
 
 def progress_line(batch: BatchMetadata, rate: float, width: int = 30) -> str:
     """One line of `batch watch`: bar, done/total, failures, TSQ, rate and ETA."""
     done = batch.completed_count + batch.failed_count + batch.canceled_count
-    filled = width * done // batch.total_count
+    # an open batch may have no command yet; one with none that completed is all done
+    part, total = (done, batch.total_count) if batch.total_count else (int(batch.is_final), 1)
+    filled = width * part // total
     remaining = batch.total_count - done
     eta = f"{remaining / rate:.0f}s" if rate > 0 and remaining else "-"
     waiting = batch.in_troubleshooting_count
@@ -281,8 +335,9 @@ def progress_line(batch: BatchMetadata, rate: float, width: int = 30) -> str:
     )
     return (
         f"[{'#' * filled}{'.' * (width - filled)}] {done}/{batch.total_count} "
-        f"{100 * done // batch.total_count}%  failed {batch.failed_count}  "
+        f"{100 * part // total}%  failed {batch.failed_count}  "
         f"canceled {batch.canceled_count}  in TSQ {waiting}  {pace}  {batch.status}"
+        f"{'  open' if batch.is_open else ''}{'  canceled' if batch.is_canceled else ''}"
     )
 
 
@@ -440,14 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--offset", type=int, default=0)
     for name, help_text, action in (
-        ("show", "a batch, its counts and its audit events", batch_show),
+        ("show", "a batch, its counts, follow-up commands and audit events", batch_show),
         ("watch", "a live progress bar until the batch completes", batch_watch),
+        ("cancel", "cancel a batch: its waiting and TSQ members are canceled", batch_cancel),
+        ("retry", "retry every member of a batch that is in the TSQ", batch_retry),
+        ("close", "close an open batch: it completes once no member is open", batch_close),
     ):
         sub = leaf(batch, name, help_text, action)
         sub.add_argument("domain")
         sub.add_argument("batch_id")
         if name == "watch":
             sub.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+        if name in ("cancel", "retry"):
+            sub.add_argument(
+                "--operator", help="who acts, recorded in the audit trail (default: login name)"
+            )
+        if name == "cancel":
+            sub.add_argument("--reason", required=True)
 
     replies = commands.add_parser("replies", help="reply queues").add_subparsers(
         dest="replies_command", required=True, metavar="ACTION"

@@ -24,6 +24,7 @@ from triobus.actors import (
     BatchStatus,
     Command,
     CommandStatus,
+    FollowUpCommand,
     HandlerContext,
     PermanentCommandError,
     ReplyOutcome,
@@ -253,6 +254,68 @@ async def test_batch_list_show_and_watch(triobus_runtime: Runtime, triobus_dsn: 
     assert [e["event_type"] for e in shown["audit"]] == ["BATCH_STARTED", "BATCH_COMPLETED"]
     missing = await cli("batch", "show", "d", str(uuid.UUID(int=7)), dsn=triobus_dsn)
     assert missing.returncode == 1 and "not found in domain 'd'" in missing.stderr
+
+
+async def test_batch_cancel_retry_close_and_the_follow_ups_batch_show_lists(
+    triobus_runtime: Runtime, triobus_dsn: str, eventually: Callable[..., Any]
+) -> None:
+    runtime = triobus_runtime
+
+    @runtime.registry.handler("d", "Work")
+    async def work(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("NEEDS_OPERATOR", "an operator must decide")
+
+    report = FollowUpCommand(domain="f", command_type="Report")
+    parked_batch = await runtime.bus.create_batch(
+        "d",
+        [BatchCommand("Work", uuid.uuid4(), {})],
+        on_complete_command=report,
+        on_failure_command=report,
+    )
+    await runtime.start_worker("d", poll_interval=0.05)
+
+    async def parked() -> bool:
+        return await runtime.tsq.count_troubleshooting("d") == 1
+
+    await eventually(parked)
+    await runtime.stop_workers()
+    retried = await cli("batch", "retry", "d", str(parked_batch), "--json", dsn=triobus_dsn)
+    assert json.loads(retried.stdout) == {
+        "batch_id": str(parked_batch),
+        "action": "retried",
+        "members_retried": 1,
+    }
+    canceled = await cli(
+        "batch", "cancel", "d", str(parked_batch), "--reason", "wrong input", dsn=triobus_dsn
+    )
+    assert canceled.returncode == 0, canceled.stderr
+    assert "members_canceled  1" in canceled.stdout
+    again = await cli("batch", "cancel", "d", str(parked_batch), "--reason", "x", dsn=triobus_dsn)
+    assert again.returncode == 1 and "was canceled: cancel does not apply" in again.stderr
+
+    shown = json.loads(
+        (await cli("batch", "show", "d", str(parked_batch), "--json", dsn=triobus_dsn)).stdout
+    )
+    assert shown["batch"]["canceled_by"] == getpass.getuser()
+    assert shown["batch"]["cancel_reason"] == "wrong input"
+    assert [(f["event"], f["sent"], f["status"]) for f in shown["follow_ups"]] == [
+        ("ON_COMPLETE", True, "PENDING"),
+        ("ON_FAILURE", True, "PENDING"),
+    ]
+    table = await cli("batch", "show", "d", str(parked_batch), dsn=triobus_dsn)
+    assert "EVENT        DOMAIN  COMMAND_TYPE  COMMAND_ID" in table.stdout
+
+    open_batch = await runtime.bus.create_batch("d", [], open=True, on_success_command=report)
+    closed = await cli("batch", "close", "d", str(open_batch), "--json", dsn=triobus_dsn)
+    assert json.loads(closed.stdout)["completed"] is True
+    shown = json.loads(
+        (await cli("batch", "show", "d", str(open_batch), "--json", dsn=triobus_dsn)).stdout
+    )
+    assert [(f["event"], f["sent"]) for f in shown["follow_ups"]] == [("ON_SUCCESS", True)]
+    watched = await cli("batch", "watch", "d", str(open_batch), dsn=triobus_dsn)
+    assert "0/0 100%" in watched.stdout and "COMPLETED" in watched.stdout
+    usage = await cli("batch", "cancel", "d", str(open_batch), dsn=triobus_dsn)
+    assert usage.returncode == 2 and "--reason" in usage.stderr
 
 
 async def test_migrate_says_the_version_it_leaves(

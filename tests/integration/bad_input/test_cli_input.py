@@ -77,6 +77,30 @@ CLI_CASES = [
         ("tsq", "cancel-all", "d'", "--reason", "r"), 1, "may only contain", id="cancel_all-quotes"
     ),
     pytest.param(
+        ("batch", "cancel", "d", "x;y", "--reason", "r"),
+        1,
+        "batch_id must be a UUID",
+        id="batch_cancel-uuid",
+    ),
+    pytest.param(
+        ("batch", "cancel", "d", "<batch>", "--reason", "r" * 1001),
+        1,
+        "reason is 1001 characters long",
+        id="batch_cancel-reason-huge",
+    ),
+    pytest.param(
+        ("batch", "retry", "d", "<unknown>"),
+        1,
+        "batch <unknown> not found in domain 'd'",
+        id="batch_retry-unknown",
+    ),
+    pytest.param(
+        ("batch", "close", "d", "<batch>"),
+        1,
+        "batch <batch> in domain 'd' is closed: close does not apply",
+        id="batch_close-closed",
+    ),
+    pytest.param(
         ("command", "show", "d", "x;y"), 1, "command_id must be a UUID", id="command_show-uuid"
     ),
     pytest.param(
