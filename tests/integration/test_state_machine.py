@@ -8,12 +8,18 @@ The runtime runs in `trio.run` on a thread for the whole test (the state machine
 synchronous and calls into it through a trio token); the invariants are read with a
 plain synchronous psycopg connection. Between examples the tables are emptied.
 
+Batches may be open (commands added over time, then closed), canceled, and have their
+TSQ members retried; each carries the three follow-up commands, sent to domain "f".
+
 Invariants after every step: each command's status, attempts and lease token are the
 model's; a terminal command's row never changes again; its audit trail is exactly the
 model's (one terminal event at most, and last); one reply per terminal command with
 reply_to, none otherwise; batch counts equal a recount and add up to the total; a batch
-is final exactly when all its commands are terminal, with one BATCH_COMPLETED carrying the
-final counts and one BATCH_STARTED once claimed.
+is final exactly when it is closed and all its commands are terminal, with one
+BATCH_COMPLETED carrying the final counts, one BATCH_STARTED once claimed, and its
+BATCH_CLOSED and BATCH_CANCELED events in the order they happened; after a cancel no
+member waits for a retry; each follow-up command exists once if its event happened, and
+never otherwise (invariant 7).
 """
 
 from __future__ import annotations
@@ -47,11 +53,14 @@ from triobus.actors import (
     BusinessRuleError,
     CommandNotFoundError,
     DuplicateCommandError,
+    FollowUpCommand,
+    FollowUpEvent,
     InvalidOperationError,
     PermanentCommandError,
     RetryPolicy,
     Runtime,
     TransientCommandError,
+    ValidationError,
     open_runtime,
 )
 from triobus.actors.outcomes import Raised, Returned, outcome_of
@@ -80,8 +89,20 @@ PENDING, IN_PROGRESS, TSQ = "PENDING", "IN_PROGRESS", "IN_TROUBLESHOOTING_QUEUE"
 COMPLETED, FAILED, CANCELED = "COMPLETED", "FAILED", "CANCELED"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
 TERMINAL_EVENTS = frozenset(
-    {"COMPLETED", "FAILED", "BUSINESS_RULE_FAILED", "OPERATOR_CANCEL", "OPERATOR_COMPLETE"}
+    {
+        "COMPLETED",
+        "FAILED",
+        "BUSINESS_RULE_FAILED",
+        "OPERATOR_CANCEL",
+        "OPERATOR_COMPLETE",
+        "CANCELED_WITH_BATCH",
+    }
 )
+FOLLOW_UP_DOMAIN = "f"  # no step claims its commands: only follow-ups are sent there
+FOLLOW_UPS = {
+    event.argument: FollowUpCommand(domain=FOLLOW_UP_DOMAIN, command_type=str(event))
+    for event in FollowUpEvent
+}
 REPLY_OUTCOME = {COMPLETED: "SUCCESS", FAILED: "FAILED", CANCELED: "CANCELED"}
 
 HANDLER_BEHAVIOURS = (
@@ -181,7 +202,18 @@ class ModelCommand:
 @attrs.define
 class ModelBatch:
     commands: list[Key]
-    started: bool = False
+    open: bool = False
+    canceled: bool = False
+    failed: bool = False  # a member failed, was canceled or entered the TSQ
+    events: list[str] = attrs.Factory(list)  # BATCH_* events as they happened
+
+    @property
+    def started(self) -> bool:
+        return "BATCH_STARTED" in self.events
+
+    @property
+    def completed(self) -> bool:
+        return "BATCH_COMPLETED" in self.events
 
 
 def key_of(claim: ClaimedCommand | HandlerResult | CommandChange) -> Key:
@@ -279,8 +311,27 @@ class StoreMachine(RuleBasedStateMachine):
         command.events.append(event)
         command.lease = None
         command.expired = False
+        if command.batch is not None and status in (FAILED, CANCELED, TSQ):
+            self.batches[command.batch].failed = True
+
+    def note_completions(self) -> set[Key]:
+        """Batches the last step completed (their BATCH_COMPLETED is now due)."""
+        completed = {
+            k for k, b in self.batches.items() if not b.completed and self.batch_is_final(k)
+        }
+        for key in completed:
+            self.batches[key].events.append("BATCH_COMPLETED")
+        return completed
+
+    def canceled_member(self, command: ModelCommand) -> bool:
+        return command.batch is not None and self.batches[command.batch].canceled
 
     # -- sends and batches ---------------------------------------------------------------
+
+    def running_batches(self) -> list[Key]:
+        """Batches not yet canceled with a member whose handler still runs."""
+        running = {self.commands[key_of(c)].batch for c in self.held if self.is_current(c)}
+        return [b for b in self.batches if b in running and not self.batches[b].canceled]
 
     def room_for_more(self) -> bool:
         """Sends stop while many commands are open, so that steps go to working them."""
@@ -324,36 +375,145 @@ class StoreMachine(RuleBasedStateMachine):
         assert (result.domain, result.command_id) == command.key
         self.commands[command.key] = command
 
+    def new_members(
+        self, batch: Key, specs: list[tuple[bool, int | None]]
+    ) -> tuple[list[ModelCommand], list[BatchCommand]]:
+        members = [
+            ModelCommand(batch[0], self.new_id(), QUEUE if reply else None, max_attempts, batch)
+            for reply, max_attempts in specs
+        ]
+        given = [
+            BatchCommand(
+                command_type="Work",
+                command_id=m.command_id,
+                data={"n": m.command_id.int},
+                reply_to=m.reply_to,
+                max_attempts=m.max_attempts,
+            )
+            for m in members
+        ]
+        return members, given
+
     @precondition(room_for_more)
     @rule(
         domain=st.sampled_from(DOMAINS),
-        specs=st.lists(st.tuples(st.booleans(), MAX_ATTEMPTS_CHOICES), min_size=1, max_size=3),
+        specs=st.lists(st.tuples(st.booleans(), MAX_ATTEMPTS_CHOICES), max_size=3),
+        open_=st.booleans(),
     )
-    def create_batch(self, domain: str, specs: list[tuple[bool, int | None]]) -> None:
+    def create_batch(self, domain: str, specs: list[tuple[bool, int | None]], open_: bool) -> None:
+        """A batch with its follow-ups; an open one may start empty, a closed one not."""
         batch = (domain, self.new_id())
-        members = [
-            ModelCommand(domain, self.new_id(), QUEUE if reply else None, max_attempts, batch)
-            for reply, max_attempts in specs
-        ]
-        created = self.call(
-            lambda rt: rt.bus.create_batch(
-                domain,
-                [
-                    BatchCommand(
-                        command_type="Work",
-                        command_id=m.command_id,
-                        data={"n": m.command_id.int},
-                        reply_to=m.reply_to,
-                        max_attempts=m.max_attempts,
-                    )
-                    for m in members
-                ],
-                batch_id=batch[1],
+        members, given = self.new_members(batch, specs)
+
+        async def create(rt: Runtime) -> uuid.UUID:
+            return await rt.bus.create_batch(
+                domain, given, batch_id=batch[1], open=open_, **FOLLOW_UPS
             )
-        )
-        assert created == batch[1]
-        self.batches[batch] = ModelBatch([m.key for m in members])
+
+        if not members and not open_:
+            with pytest.raises(ValidationError, match="a batch needs at least one command"):
+                self.call(create)
+            return
+        assert self.call(create) == batch[1]
+        self.batches[batch] = ModelBatch([m.key for m in members], open=open_)
         self.commands.update((m.key, m) for m in members)
+
+    @precondition(lambda self: self.batches and self.room_for_more())
+    @rule(
+        data=st.data(),
+        specs=st.lists(st.tuples(st.booleans(), MAX_ATTEMPTS_CHOICES), min_size=1, max_size=2),
+    )
+    def add_to_batch(self, data: st.DataObject, specs: list[tuple[bool, int | None]]) -> None:
+        """Commands added to an open batch; a closed one refuses them and keeps its count."""
+        key = data.draw(st.sampled_from(list(self.batches)), label="batch")
+        batch = self.batches[key]
+        members, given = self.new_members(key, specs)
+
+        async def add(rt: Runtime) -> None:
+            await rt.bus.add_to_batch(key[0], key[1], given)
+
+        if not batch.open:
+            with pytest.raises(InvalidOperationError):
+                self.call(add)
+            return
+        self.call(add)
+        batch.commands += [m.key for m in members]
+        self.commands.update((m.key, m) for m in members)
+        event("commands added to an open batch")
+
+    @precondition(lambda self: self.batches)
+    @rule(data=st.data())
+    def close_batch(self, data: st.DataObject) -> None:
+        """Closing an open batch completes it there if none of its members is open."""
+        key = data.draw(st.sampled_from(list(self.batches)), label="batch")
+        batch = self.batches[key]
+
+        async def close(rt: Runtime) -> bool:
+            return await rt.bus.close_batch(key[0], key[1])
+
+        if not batch.open:
+            with pytest.raises(InvalidOperationError):
+                self.call(close)
+            return
+        completed = self.call(close)
+        batch.open = False
+        batch.events.append("BATCH_CLOSED")
+        assert completed == (self.note_completions() == {key})
+        if completed:
+            event("batch completed by its close")
+
+    @precondition(lambda self: self.batches)
+    @rule(data=st.data())
+    def cancel_batch(self, data: st.DataObject) -> None:
+        """A cancel ends every PENDING and TSQ member; a completed or canceled batch
+        refuses it."""
+        self.cancel(data.draw(st.sampled_from(list(self.batches)), label="batch"))
+
+    @precondition(running_batches)
+    @rule(data=st.data())
+    def cancel_batch_while_running(self, data: st.DataObject) -> None:
+        """A cancel of a batch with a running member: its handler's retry (or move to the
+        TSQ) is canceled instead, and its success stands."""
+        self.cancel(data.draw(st.sampled_from(self.running_batches()), label="batch"))
+
+    def cancel(self, key: Key) -> None:
+        batch = self.batches[key]
+
+        async def cancel(rt: Runtime) -> int:
+            return await rt.bus.cancel_batch(key[0], key[1], reason="not wanted", operator="ops")
+
+        if batch.completed or batch.canceled:
+            with pytest.raises(InvalidOperationError):
+                self.call(cancel)
+            return
+        waiting = [self.commands[k] for k in batch.commands]
+        waiting = [c for c in waiting if c.status in (PENDING, TSQ)]
+        assert self.call(cancel) == len(waiting)
+        batch.open, batch.canceled = False, True
+        batch.events.append("BATCH_CANCELED")
+        for command in waiting:
+            self.become(command, CANCELED, "CANCELED_WITH_BATCH")
+        if self.note_completions():
+            event("batch completed by its cancel")
+
+    @precondition(lambda self: self.batches)
+    @rule(data=st.data())
+    def retry_batch(self, data: st.DataObject) -> None:
+        """Every TSQ member of the batch back to PENDING; a canceled batch refuses it."""
+        key = data.draw(st.sampled_from(list(self.batches)), label="batch")
+        batch = self.batches[key]
+
+        async def retry(rt: Runtime) -> int:
+            return await rt.tsq.retry_batch(key[0], key[1], operator="ops")
+
+        if batch.canceled:
+            with pytest.raises(InvalidOperationError):
+                self.call(retry)
+            return
+        in_tsq = [c for k in batch.commands if (c := self.commands[k]).status == TSQ]
+        assert self.call(retry) == len(in_tsq)
+        for command in in_tsq:
+            self.apply_operator(command, "retry")
 
     @precondition(lambda self: self.commands)
     @rule(data=st.data(), in_batch=st.booleans())
@@ -420,8 +580,8 @@ class StoreMachine(RuleBasedStateMachine):
             command.lease = claim_.lease_token
             command.expired = False
             command.events.append("RECEIVED")
-            if command.batch is not None:
-                self.batches[command.batch].started = True
+            if command.batch is not None and not self.batches[command.batch].started:
+                self.batches[command.batch].events.append("BATCH_STARTED")
         for command in exhausted:
             if command.command_id in moved:
                 event("claim moved an exhausted lease to the TSQ")
@@ -476,9 +636,13 @@ class StoreMachine(RuleBasedStateMachine):
 
         assert self.call(act) == int(current)
         if current and release:  # visible again at once, the attempt not counted
-            command.status = PENDING
             command.attempts -= 1
-            command.lease = None
+            if self.canceled_member(command):  # ... unless its batch was canceled
+                self.become(command, CANCELED, "CANCELED_WITH_BATCH")
+                self.note_completions()
+            else:
+                command.status = PENDING
+                command.lease = None
         command.expired = command.expired and not current
 
     # -- handler results -----------------------------------------------------------------
@@ -522,7 +686,6 @@ class StoreMachine(RuleBasedStateMachine):
             result = handler_result(behaviour, claim_)
             assert result.outcome is expected_outcome(behaviour, claim_), (behaviour, claim_)
             results.append(result)
-        final_before = {b for b in self.batches if self.batch_is_final(b)}
 
         async def ack(rt: Runtime) -> list[CommandChange]:
             async with rt.pool.connection() as conn:
@@ -536,13 +699,17 @@ class StoreMachine(RuleBasedStateMachine):
             if command.lease != result.lease_token:
                 event(f"late result discarded ({command.status})")
                 continue
-            self.become(command, result.outcome.status, result.outcome.event)
+            status, outcome_event = result.outcome.status, result.outcome.event
+            if status in (PENDING, TSQ) and self.canceled_member(command):
+                event("a member of a canceled batch is canceled instead of waiting")
+                status, outcome_event = CANCELED, "CANCELED_WITH_BATCH"
+            self.become(command, status, outcome_event)
             applied[command.key] = command.status
-            if command.batch is not None and result.outcome is not Outcome.RETRY_SCHEDULED:
+            if command.batch is not None and command.status != PENDING:
                 counted_batches.add(command.batch)
         assert {key_of(c): c.status for c in changes} == applied
         assert len(changes) == len(applied)
-        newly_final = {b for b in self.batches if self.batch_is_final(b)} - final_before
+        newly_final = self.note_completions()
         for _ in newly_final:
             event("batch completed by a handler result")
         for change in changes:
@@ -619,11 +786,14 @@ class StoreMachine(RuleBasedStateMachine):
             self.become(command, CANCELED, "OPERATOR_CANCEL")
         else:
             self.become(command, COMPLETED, "OPERATOR_COMPLETE")
+        self.note_completions()
 
     # -- model queries -------------------------------------------------------------------
 
     def batch_is_final(self, batch: Key) -> bool:
-        return all(self.commands[k].status in TERMINAL for k in self.batches[batch].commands)
+        return not self.batches[batch].open and all(
+            self.commands[k].status in TERMINAL for k in self.batches[batch].commands
+        )
 
     def batch_counts(self, batch: Key) -> BatchCounts:
         """The counts as the model expects them."""
@@ -635,7 +805,10 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def commands_match_the_model(self) -> None:
         rows = {
-            (r["domain"], r["command_id"]): r for r in self.sql("SELECT * FROM triobus.command")
+            (r["domain"], r["command_id"]): r
+            for r in self.sql(
+                "SELECT * FROM triobus.command WHERE domain <> %s", (FOLLOW_UP_DOMAIN,)
+            )
         }
         assert set(rows) == set(self.commands)
         for key, command in self.commands.items():
@@ -658,7 +831,8 @@ class StoreMachine(RuleBasedStateMachine):
         trails: dict[Key, list[str]] = {}
         for row in self.sql(
             "SELECT domain, subject_id, event_type FROM triobus.audit"
-            " WHERE event_type NOT LIKE 'BATCH%%' ORDER BY audit_id"
+            " WHERE event_type NOT LIKE 'BATCH%%' AND domain <> %s ORDER BY audit_id",
+            (FOLLOW_UP_DOMAIN,),
         ):
             trails.setdefault((row["domain"], row["subject_id"]), []).append(row["event_type"])
         assert set(trails) == set(self.commands)
@@ -733,7 +907,13 @@ class StoreMachine(RuleBasedStateMachine):
             assert (row["completed_at"] is not None) == final
             assert (row["started_at"] is not None) == batch.started
             kinds = [e["event_type"] for e in events[key]]
-            assert kinds == ["BATCH_STARTED"] * batch.started + ["BATCH_COMPLETED"] * final
+            assert kinds == batch.events
+            assert final == batch.completed
+            assert row["is_open"] == batch.open
+            assert (row["canceled_at"] is not None) == batch.canceled
+            assert (row["first_failure_at"] is not None) == batch.failed
+            if batch.canceled:  # nothing of it waits for another attempt
+                assert counted[PENDING] == 0, (row, counted)
             if final:
                 assert events[key][-1]["details"] == {
                     "status": expected,
@@ -742,6 +922,51 @@ class StoreMachine(RuleBasedStateMachine):
                     "failed_count": row["failed_count"],
                     "canceled_count": row["canceled_count"],
                 }
+
+    @invariant()
+    def each_follow_up_exists_once_if_its_event_happened(self) -> None:
+        """Invariant 7, with the batch as the follow-up's data says it was."""
+        found: dict[tuple[Key, str], list[DictRow]] = {}
+        for row in self.sql(
+            "SELECT c.command_type, c.data, b.status, b.total_count, b.completed_count,"
+            " b.failed_count, b.canceled_count FROM triobus.command c"
+            " JOIN triobus.batch b ON b.domain = c.data->'batch'->>'domain'"
+            " AND b.batch_id = (c.data->'batch'->>'batch_id')::uuid WHERE c.domain = %s",
+            (FOLLOW_UP_DOMAIN,),
+        ):
+            batch = row["data"]["batch"]
+            key = (batch["domain"], uuid.UUID(batch["batch_id"]))
+            found.setdefault((key, row["command_type"]), []).append(row)
+        expected = set()
+        for key, batch in self.batches.items():
+            success = (
+                batch.completed
+                and not batch.canceled
+                and not any(self.commands[k].status in (FAILED, CANCELED) for k in batch.commands)
+            )
+            for follow_up, happened in (
+                (FollowUpEvent.ON_COMPLETE, batch.completed),
+                (FollowUpEvent.ON_SUCCESS, success),
+                (FollowUpEvent.ON_FAILURE, batch.failed),
+            ):
+                if happened:
+                    expected.add((key, str(follow_up)))
+        assert set(found) == expected
+        for (_, kind), rows in found.items():
+            assert len(rows) == 1, rows
+            (row,) = rows
+            assert row["data"]["batch"]["event"] == kind
+            if kind != FollowUpEvent.ON_FAILURE:  # sent with the completion: final counts
+                sent = row["data"]["batch"]
+                assert (sent["status"], sent["total_count"], sent["completed_count"]) == (
+                    row["status"],
+                    row["total_count"],
+                    row["completed_count"],
+                )
+                assert (sent["failed_count"], sent["canceled_count"]) == (
+                    row["failed_count"],
+                    row["canceled_count"],
+                )
 
 
 def test_store_state_machine(triobus_dsn: str) -> None:
