@@ -99,7 +99,7 @@ TERMINAL_EVENTS = frozenset(
     }
 )
 FOLLOW_UP_DOMAIN = "f"  # no step claims its commands: only follow-ups are sent there
-FOLLOW_UPS = {
+FOLLOW_UPS: dict[str, Any] = {
     event.argument: FollowUpCommand(domain=FOLLOW_UP_DOMAIN, command_type=str(event))
     for event in FollowUpEvent
 }
@@ -469,7 +469,7 @@ class StoreMachine(RuleBasedStateMachine):
         refuses it."""
         self.cancel(data.draw(st.sampled_from(list(self.batches)), label="batch"))
 
-    @precondition(running_batches)
+    @precondition(lambda self: bool(self.running_batches()))
     @rule(data=st.data())
     def cancel_batch_while_running(self, data: st.DataObject) -> None:
         """A cancel of a batch with a running member: its handler's retry (or move to the
@@ -699,7 +699,8 @@ class StoreMachine(RuleBasedStateMachine):
             if command.lease != result.lease_token:
                 event(f"late result discarded ({command.status})")
                 continue
-            status, outcome_event = result.outcome.status, result.outcome.event
+            status: str = result.outcome.status
+            outcome_event: str = result.outcome.event
             if status in (PENDING, TSQ) and self.canceled_member(command):
                 event("a member of a canceled batch is canceled instead of waiting")
                 status, outcome_event = CANCELED, "CANCELED_WITH_BATCH"
