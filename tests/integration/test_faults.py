@@ -1,6 +1,7 @@
 """Faults during a batch: worker processes SIGKILLed, PostgreSQL restarted, backends
-terminated. Nothing lost, nothing doubled, the callback exactly once; the long version
-is tests/soak/campaign.py (see docs/RELIABILITY.md)."""
+terminated. Nothing lost, nothing doubled, the callback exactly once, each follow-up
+command once if its event happened and never otherwise; the long version is
+tests/soak/campaign.py (see docs/RELIABILITY.md)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def assert_exactly_once(result: TrialResult) -> None:
 
 
 async def test_worker_processes_sigkilled_mid_batch(triobus_dsn: str) -> None:
-    result = await sigkill_trial(triobus_dsn, 400, 3, random.Random(7))
+    result = await sigkill_trial(triobus_dsn, 400, 3, random.Random(7), failures=True)
     assert_exactly_once(result)
     assert result.redelivered > 0  # the kills hit claimed commands
 
@@ -51,4 +52,5 @@ async def test_postgresql_restarted_mid_batch_logs_one_line_per_outage(
 
 
 async def test_backends_terminated_repeatedly_mid_batch(triobus_dsn: str) -> None:
-    assert_exactly_once(await terminate_trial(triobus_dsn, 1000, 4, random.Random(7)))
+    result = await terminate_trial(triobus_dsn, 1000, 4, random.Random(7), failures=True)
+    assert_exactly_once(result)

@@ -5,9 +5,12 @@ backends are terminated; afterwards nothing may be lost or doubled.
 
 (run it with the project's environment: `.venv/bin/python tests/soak/campaign.py`). The
 test suite runs each scenario once on a small batch (tests/integration/test_faults.py).
-Every trial checks, against the database: every command COMPLETED, exactly one terminal
-audit event and exactly one reply per command, the batch COMPLETED with exact counts and
-exactly one BATCH_COMPLETED event; and in the creating process, the callback exactly once.
+Every other trial's batch has members that fail (a business rule). Every trial checks,
+against the database: every command COMPLETED (or FAILED, if it was to fail), exactly one
+terminal audit event and exactly one reply per command, the batch complete with exact
+counts and exactly one BATCH_COMPLETED event, and its follow-up commands: on_complete
+once, and on_success once if no member failed, else on_failure once, nothing else; and in
+the creating process, the callback exactly once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import trio
 from triobus.actors import (
     BatchCommand,
     BatchMetadata,
+    BusinessRuleError,
     Command,
+    FollowUpCommand,
+    FollowUpEvent,
     HandlerContext,
     HandlerRegistry,
     Runtime,
@@ -37,11 +43,17 @@ from triobus.actors import (
 from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
 from triobus.persistence.embedded import EmbeddedCluster, open_embedded_cluster
+from triobus.persistence.new_commands import follow_up_command_id
 
 WORKER_SCRIPT = Path(__file__).parent.parent / "integration" / "worker_process.py"
 DOMAIN = "d"
 REPLIES = "campaign-replies"
 TERMINAL_EVENTS = ("COMPLETED", "FAILED", "BUSINESS_RULE_FAILED", "OPERATOR_CANCEL")
+FOLLOW_UP_DOMAIN = "f"  # nobody works it: the follow-ups stay as they were written
+
+
+def follow_up(event: FollowUpEvent) -> FollowUpCommand:
+    return FollowUpCommand(domain=FOLLOW_UP_DOMAIN, command_type=str(event))
 
 
 @attrs.frozen
@@ -61,21 +73,25 @@ def registry() -> HandlerRegistry:
 
     @handlers.handler(DOMAIN, "Work")
     async def work(command: Command, ctx: HandlerContext) -> dict[str, int]:
+        if command.data.get("outcome") == "rule":  # as worker_process.py's "outcome" mode
+            raise BusinessRuleError("RULE", "refused by a business rule")
         return {"attempt": ctx.attempt}
 
     return handlers
 
 
-async def check_exactly_once(dsn: str, batch_id: uuid.UUID, expected: int) -> list[str]:
+async def check_exactly_once(
+    dsn: str, batch_id: uuid.UUID, expected: int, failing: int
+) -> list[str]:
     """Everything a trial must leave behind; returns what is wrong (empty when all is well)."""
     conn = await connect(dsn)
     try:
         problems = []
         for what, sql, params in [
             (
-                "commands not COMPLETED",
-                "SELECT count(*) AS n FROM triobus.command"
-                " WHERE batch_id = %s AND status <> 'COMPLETED'",
+                "commands not COMPLETED (or FAILED, as they were to)",
+                "SELECT count(*) AS n FROM triobus.command WHERE batch_id = %s AND status <>"
+                " CASE WHEN data->>'outcome' = 'rule' THEN 'FAILED' ELSE 'COMPLETED' END",
                 (batch_id,),
             ),
             (
@@ -103,11 +119,30 @@ async def check_exactly_once(dsn: str, batch_id: uuid.UUID, expected: int) -> li
             if row is None or row["n"] != 0:
                 problems.append(f"{what}: {row['n'] if row else '?'}")
         batch = await conn.fetch_one(
-            "SELECT status, total_count, completed_count FROM triobus.batch WHERE batch_id = %s",
+            "SELECT status, total_count, completed_count, failed_count FROM triobus.batch"
+            " WHERE batch_id = %s",
             (batch_id,),
         )
-        if batch != {"status": "COMPLETED", "total_count": expected, "completed_count": expected}:
+        if batch != {
+            "status": "COMPLETED_WITH_FAILURES" if failing else "COMPLETED",
+            "total_count": expected,
+            "completed_count": expected - failing,
+            "failed_count": failing,
+        }:
             problems.append(f"batch row: {batch}")
+        rows = await conn.fetch_all(  # a follow-up's correlation id is its batch's id
+            "SELECT command_type, command_id FROM triobus.command"
+            " WHERE domain = %s AND correlation_id = %s ORDER BY command_type",
+            (FOLLOW_UP_DOMAIN, batch_id),
+        )
+        events = [FollowUpEvent.ON_COMPLETE]
+        events.append(FollowUpEvent.ON_FAILURE if failing else FollowUpEvent.ON_SUCCESS)
+        wanted = [
+            {"command_type": str(e), "command_id": follow_up_command_id(DOMAIN, batch_id, e)}
+            for e in sorted(events)
+        ]
+        if rows != wanted:
+            problems.append(f"follow-ups: {[r['command_type'] for r in rows]}")
         return problems
     finally:
         await conn.close()
@@ -120,9 +155,11 @@ async def run_batch(
     fault_points: list[float],
     inject: Callable[[], Awaitable[None]],
     scenario: str,
+    failing: int,
 ) -> TrialResult:
-    """Create the batch, call `inject` each time progress passes a fault point, wait for
-    the callback, then check everything."""
+    """Create the batch (`failing` of its members fail, spread through it), call `inject`
+    each time progress passes a fault point, wait for the callback, then check
+    everything."""
     calls: list[BatchMetadata] = []
     done = trio.Event()
 
@@ -131,10 +168,22 @@ async def run_batch(
         done.set()
 
     started = time.monotonic()
+    every = commands // failing if failing else 0
     batch_id = await runtime.bus.create_batch(
         DOMAIN,
-        [BatchCommand("Work", uuid.uuid4(), {}, reply_to=REPLIES) for _ in range(commands)],
+        [
+            BatchCommand(
+                "Work",
+                uuid.uuid4(),
+                {"outcome": "rule" if every and i % every == every - 1 else "ok"},
+                reply_to=REPLIES,
+            )
+            for i in range(commands)
+        ],
         on_complete=on_complete,
+        on_complete_command=follow_up(FollowUpEvent.ON_COMPLETE),
+        on_success_command=follow_up(FollowUpEvent.ON_SUCCESS),
+        on_failure_command=follow_up(FollowUpEvent.ON_FAILURE),
     )
     with trio.fail_after(300):
         for point in sorted(fault_points):
@@ -142,7 +191,7 @@ async def run_batch(
             await inject()
         await done.wait()
     seconds = time.monotonic() - started
-    problems = await check_exactly_once(dsn, batch_id, commands)
+    problems = await check_exactly_once(dsn, batch_id, commands, failing)
     conn = await connect(dsn)
     try:
         row = await conn.fetch_one(
@@ -176,7 +225,7 @@ async def progress_reaches(dsn: str, batch_id: uuid.UUID, done: int) -> None:
                 )
             finally:
                 await conn.close()
-            if row is not None and row["completed_count"] >= done:
+            if row is not None and row["completed_count"] >= done * 0.99:  # 1 % may fail
                 return
         except Exception:  # the server is restarting: ask again
             pass
@@ -206,7 +255,14 @@ async def worker_process(
         await process.wait()
 
 
-async def sigkill_trial(dsn: str, commands: int, faults: int, rng: random.Random) -> TrialResult:
+def failing_of(commands: int, failures: bool) -> int:
+    """How many members of a batch fail, in a trial with failures: 1 %."""
+    return max(1, commands // 100) if failures else 0
+
+
+async def sigkill_trial(
+    dsn: str, commands: int, faults: int, rng: random.Random, *, failures: bool = False
+) -> TrialResult:
     """Worker processes are SIGKILLed at random points of the batch; a fresh one follows."""
     async with open_runtime(dsn, migrate=False, batch_reconcile_interval=0.5) as runtime:
         current: list[trio.Process] = []
@@ -233,6 +289,7 @@ async def sigkill_trial(dsn: str, commands: int, faults: int, rng: random.Random
                 [rng.uniform(0.05, 0.95) for _ in range(faults)],
                 kill_and_replace,
                 "SIGKILL a worker process",
+                failing_of(commands, failures),
             )
             nursery.cancel_scope.cancel()
     return result
@@ -245,6 +302,7 @@ async def in_process_trial(
     rng: random.Random,
     inject: Callable[[], Awaitable[None]],
     scenario: str,
+    failures: bool,
 ) -> TrialResult:
     """Two workers (concurrency 16) in this process work the batch while `inject` strikes."""
     async with open_runtime(
@@ -253,18 +311,34 @@ async def in_process_trial(
         for _ in range(2):
             await runtime.start_worker(DOMAIN, concurrency=16, poll_interval=0.5)
         fault_points = [rng.uniform(0.05, 0.95) for _ in range(faults)]
-        return await run_batch(runtime, dsn, commands, fault_points, inject, scenario)
+        return await run_batch(
+            runtime,
+            dsn,
+            commands,
+            fault_points,
+            inject,
+            scenario,
+            failing_of(commands, failures),
+        )
 
 
 async def restart_trial(
-    cluster: EmbeddedCluster, dsn: str, commands: int, faults: int, rng: random.Random
+    cluster: EmbeddedCluster,
+    dsn: str,
+    commands: int,
+    faults: int,
+    rng: random.Random,
+    *,
+    failures: bool = False,
 ) -> TrialResult:
     """PostgreSQL is restarted (fast shutdown, start) at random points of the batch."""
     scenario = "restart PostgreSQL (fast shutdown)"
-    return await in_process_trial(dsn, commands, faults, rng, cluster.restart, scenario)
+    return await in_process_trial(dsn, commands, faults, rng, cluster.restart, scenario, failures)
 
 
-async def terminate_trial(dsn: str, commands: int, faults: int, rng: random.Random) -> TrialResult:
+async def terminate_trial(
+    dsn: str, commands: int, faults: int, rng: random.Random, *, failures: bool = False
+) -> TrialResult:
     """Every backend of the database but the killer's (workers', acker's, notifier's) is
     terminated with pg_terminate_backend at random points of the batch."""
 
@@ -279,7 +353,7 @@ async def terminate_trial(dsn: str, commands: int, faults: int, rng: random.Rand
             await conn.close()
 
     scenario = "pg_terminate_backend of every backend"
-    return await in_process_trial(dsn, commands, faults, rng, terminate_all, scenario)
+    return await in_process_trial(dsn, commands, faults, rng, terminate_all, scenario, failures)
 
 
 @asynccontextmanager
@@ -298,17 +372,23 @@ async def main(trials: int, commands: int, faults: int, seed: int) -> int:
     results: list[TrialResult] = []
     async with open_embedded_cluster(settings={"fsync": "off"}) as cluster:
         for trial in range(trials):
+            failures = trial % 2 == 1
             for scenario in ("sigkill", "restart", "terminate"):
                 async with fresh_database(cluster.dsn) as dsn:
                     if scenario == "sigkill":
-                        result = await sigkill_trial(dsn, commands, faults, rng)
+                        result = await sigkill_trial(dsn, commands, faults, rng, failures=failures)
                     elif scenario == "restart":
-                        result = await restart_trial(cluster, dsn, commands, faults, rng)
+                        result = await restart_trial(
+                            cluster, dsn, commands, faults, rng, failures=failures
+                        )
                     else:
-                        result = await terminate_trial(dsn, commands, faults, rng)
+                        result = await terminate_trial(
+                            dsn, commands, faults, rng, failures=failures
+                        )
                 results.append(result)
                 print(
                     f"trial {trial + 1:2d} {result.scenario:40s} {result.seconds:6.1f} s"
+                    f" failing={failing_of(commands, failures)}"
                     f" callbacks={result.callbacks} outages={result.outages_logged}"
                     f" redelivered={result.redelivered}"
                     f" problems={result.problems or 'none'}",
