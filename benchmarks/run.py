@@ -19,6 +19,8 @@ running benchmarks/worker_process.py. Scenarios:
   own transaction (one INSERT), through the bus and through the sync and asyncio producers
   (benchmarks/producer_sends.py, a process without Trio);
 * create_batch: 100,000 commands, seconds and the creating process's peak RSS;
+* batches: cancel_batch of a 100,000-command batch (seconds), and a batch of 20,000 no-op
+  commands with its three follow-up commands against one without, same-round A/B;
 * memory (--long): worker RSS at start, after 100k and after 1M commands;
 * peers: the throughput scenario's 20,000 no-op jobs, processing phase only (enqueued
   first; timed from telling the idle, connected worker processes to start until all are
@@ -26,8 +28,8 @@ running benchmarks/worker_process.py. Scenarios:
   of the separate benchmark environment .venv-bench, which `./run bench` creates), for
   triobus itself measured the same way, and the pgbench ceiling for the equivalent SQL.
 
-Scenario names for --only: throughput, cost, latency, callback, sends, create_batch, memory,
-peers.
+Scenario names for --only: throughput, transactional, cost, latency, callback, sends,
+create_batch, batches, memory, peers.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import attrs
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
-from triobus.actors import BatchCommand, BatchMetadata, Runtime, open_runtime
+from triobus.actors import BatchCommand, BatchMetadata, FollowUpCommand, Runtime, open_runtime
 from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
 from triobus.persistence.embedded import (
@@ -560,6 +562,75 @@ class Bench:
             " of the figure then reported). Peak RSS includes the inputs.",
         )
 
+    async def batches(self, cancel_count: int = 100_000, count: int = 20_000) -> None:
+        """cancel_batch of a big batch; a batch with follow-ups against one without."""
+        cancel_seconds = []
+        for _ in range(self.runs):
+            async with self.database() as dsn, open_runtime(dsn, migrate=False) as runtime:
+                batch_id = await runtime.bus.create_batch("bench", noop_batch(cancel_count))
+                started = time.perf_counter()
+                canceled = await runtime.bus.cancel_batch("bench", batch_id, reason="bench")
+                cancel_seconds.append(time.perf_counter() - started)
+                assert canceled == cancel_count
+        without: list[float] = []
+        with_follow_ups: list[float] = []
+        for round_ in range(self.runs):
+            for follow_ups in (False, True) if round_ % 2 == 0 else (True, False):
+                rate = await self._batch_rate(count, 64, follow_ups)
+                (with_follow_ups if follow_ups else without).append(rate)
+        self.section(
+            "Batches: cancel, and follow-up commands",
+            [
+                f"cancel_batch of {cancel_count:,} PENDING commands, seconds",
+                f"{count:,} no-op commands (1 x 64), no follow-up, commands/s",
+                "the same with on_complete, on_success and on_failure commands, commands/s",
+                "with ÷ without, same round",
+            ],
+            [
+                [
+                    summary(cancel_seconds, 2),
+                    summary(without),
+                    summary(with_follow_ups),
+                    ratio_summary(with_follow_ups, without),
+                ]
+            ],
+            "The cancel is one transaction: the batch row, then one statement that cancels"
+            " every member (an UPDATE, an audit row each) and completes the batch. The A/B"
+            " alternates which batch goes first in each round; each is timed from starting the"
+            " connected, idle worker process until the batch is complete (polled every 50 ms),"
+            " so the follow-ups' own insertion (two commands, with the completion) is inside.",
+        )
+
+    async def _batch_rate(self, count: int, concurrency: int, follow_ups: bool) -> float:
+        report = FollowUpCommand(domain="reports", command_type="Report", data={"to": "ops"})
+        options = (
+            {
+                "on_complete_command": report,
+                "on_success_command": report,
+                "on_failure_command": report,
+            }
+            if follow_ups
+            else {}
+        )
+        async with (
+            self.database() as dsn,
+            open_runtime(dsn, migrate=False) as runtime,
+            worker_processes(dsn, "bench", 1, concurrency, gated=True) as processes,
+        ):
+            batch_id = await runtime.bus.create_batch("bench", noop_batch(count), **options)
+            started = time.perf_counter()
+            for process in processes:
+                assert process.stdin is not None
+                await process.stdin.send_all(b"go\n")
+            while (
+                not (batch := await runtime.bus.get_batch("bench", batch_id)) or not batch.is_final
+            ):
+                await trio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            sent = await runtime.bus.query_commands(domain="reports")
+            assert len(sent) == (2 if follow_ups else 0)
+            return count / elapsed
+
     async def memory(self) -> None:
         rows = []
         async with (
@@ -911,6 +982,7 @@ SCENARIOS = (
     "callback",
     "sends",
     "create_batch",
+    "batches",
     "memory",
     "peers",
 )
@@ -941,6 +1013,7 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
             "callback": bench.callback_latency,
             "sends": bench.sends,
             "create_batch": bench.create_batch,
+            "batches": bench.batches,
             "memory": bench.memory,
             "peers": bench.peers,
         }

@@ -16,6 +16,7 @@ the creating process, the callback exactly once.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import subprocess
 import sys
@@ -368,6 +369,7 @@ async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
 
 
 async def main(trials: int, commands: int, faults: int, seed: int) -> int:
+    logging.getLogger("triobus.actors.acker").setLevel(logging.ERROR)  # not a line per failure
     rng = random.Random(seed)
     results: list[TrialResult] = []
     async with open_embedded_cluster(settings={"fsync": "off"}) as cluster:
