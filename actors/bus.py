@@ -20,7 +20,7 @@ from triobus.actors.transaction import (
 from triobus.persistence import audit, batch_operations, batches, commands, replies
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.new_commands import (
-    batch_context,
+    checked_batch_key,
     new_batch,
     new_batch_commands,
     new_command,
@@ -312,7 +312,7 @@ class CommandBus:
         """Add commands to an open batch, all or nothing, validated as `create_batch`
         validates them. Raises `BatchNotFoundError`, `InvalidOperationError` if the batch
         is closed (or canceled, or completed), `DuplicateCommandError` for a taken id."""
-        checked_domain, checked_id, context = self._batch_key(domain, batch_id)
+        checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
         validated = new_batch_commands(
             checked_domain,
             checked_id,
@@ -332,7 +332,7 @@ class CommandBus:
         members is open (in this transaction if none is now). Returns whether it
         completed. Raises `BatchNotFoundError`, or `InvalidOperationError` if it is
         closed already."""
-        checked_domain, checked_id, context = self._batch_key(domain, batch_id)
+        checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
         transaction = joined(conn, self._pool, context)
         async with statement_connection(self._pool, transaction) as connection:
             return await batch_operations.close_batch(connection, checked_domain, checked_id)
@@ -357,7 +357,7 @@ class CommandBus:
         Returns how many members were canceled. Raises `BatchNotFoundError`, or
         `InvalidOperationError` if the batch has completed or was canceled already (of
         two concurrent cancels, one wins)."""
-        checked_domain, checked_id, context = self._batch_key(domain, batch_id)
+        checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
         checked_reason = check_text("reason", reason, max_length=1000, context=context)
         checked_operator = (
             None
@@ -374,12 +374,6 @@ class CommandBus:
                 operator=checked_operator,
             )
         return canceled
-
-    @staticmethod
-    def _batch_key(domain: str, batch_id: UUID | str) -> tuple[str, UUID, str]:
-        checked_domain = check_name("domain", domain)
-        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
-        return checked_domain, checked_id, batch_context(checked_domain, checked_id)
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
         """The batch with its counts, or None."""

@@ -18,6 +18,7 @@ from triobus.actors.transaction import (
     joined,
     statement_connection,
 )
+from triobus.persistence.batch_operations import lock_tsq_members
 from triobus.persistence.errors import (
     BatchNotFoundError,
     CommandNotFoundError,
@@ -225,6 +226,7 @@ class TroubleshootingQueue:
             statement_connection(self._pool, transaction) as connection,
             connection.transaction(),
         ):
+            await lock_tsq_members(connection, checked_domain, checked_id)
             canceled = await lock_batch(connection, checked_domain, checked_id)
             if canceled is None:
                 raise BatchNotFoundError(checked_domain, checked_id)

@@ -622,11 +622,12 @@ class Bench:
             for process in processes:
                 assert process.stdin is not None
                 await process.stdin.send_all(b"go\n")
-            while (
-                not (batch := await runtime.bus.get_batch("bench", batch_id)) or not batch.is_final
-            ):
+            while True:
+                batch = await runtime.bus.get_batch("bench", batch_id)
+                if batch is not None and batch.is_final:
+                    elapsed = time.perf_counter() - started
+                    break
                 await trio.sleep(0.05)
-            elapsed = time.perf_counter() - started
             sent = await runtime.bus.query_commands(domain="reports")
             assert len(sent) == (2 if follow_ups else 0)
             return count / elapsed

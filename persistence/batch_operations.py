@@ -8,10 +8,15 @@ commit and then finds the condition false: it raises `InvalidOperationError` and
 nothing. Closing and canceling then evaluate completion in the same transaction (a
 closed batch with no open member completes there, with its follow-ups).
 
-Cancel locks the batch row before any member. Statements that would leave a member
-PENDING or in the troubleshooting queue read the batch through that same lock
-(`batch_counts.of_canceled_batch`), so they either commit before the cancel's member
-statement starts (which then sees and cancels the member) or wait and see the cancel.
+A cancel first takes the batch's cancel lock (`batch_counts.CANCEL_LOCK_CLASS`): the
+statements that would leave a member PENDING or in the troubleshooting queue share it, so
+they either commit before the cancel reads the members (which it then cancels) or read
+the batch after the cancel committed (and cancel the member themselves). Row locks are
+then taken in one order, a command before its batch's row, as claims and operator actions
+take them (a command, then its batch's row as its counts change): the batch's TSQ members
+(operators act on those), the batch row, then the waiting members, skipping a PENDING
+member that someone else holds at that moment (a claim: it runs, as members running at
+the cancel do).
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from typing import NoReturn
 from uuid import UUID
 
 from triobus.persistence.audit import insert_sent_events
-from triobus.persistence.batch_counts import FINAL_BATCH_STATUSES, StatusChange, batch_count_ctes
+from triobus.persistence.batch_counts import (
+    FINAL_BATCH_STATUSES,
+    StatusChange,
+    batch_count_ctes,
+    cancel_lock_key_sql,
+)
 from triobus.persistence.batches import first_stored_command, insert_members, select_batch
 from triobus.persistence.connection import Connection
 from triobus.persistence.errors import (
@@ -67,6 +77,10 @@ WITH closed AS (
 SELECT 1 AS closed FROM closed
 """
 
+LOCK_AGAINST_ACKS = (
+    f"SELECT pg_advisory_xact_lock({cancel_lock_key_sql('%(domain)s', '%(batch_id)s')})"
+)
+
 MARK_BATCH_CANCELED = f"""
 WITH canceled AS (
     UPDATE triobus.batch
@@ -97,11 +111,16 @@ _CANCEL_COUNTS = batch_count_ctes(
 _OPEN_MEMBER_STATUSES = literal_list(
     (CommandStatus.PENDING, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 )
+LOCK_TSQ_MEMBERS = f"""
+SELECT 1 FROM triobus.command
+WHERE {_THE_BATCH} AND status = {literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)}
+FOR UPDATE
+"""
 CANCEL_WAITING_MEMBERS = f"""
 WITH {_EVALUATED}, waiting AS (
     SELECT domain, command_id, status FROM triobus.command
     WHERE {_THE_BATCH} AND status IN {_OPEN_MEMBER_STATUSES}
-    FOR UPDATE
+    FOR UPDATE SKIP LOCKED  -- its TSQ members it holds already; a PENDING one held is claimed
 ), changed AS (
     UPDATE triobus.command c
     SET status = {literal(CommandStatus.CANCELED)}, lease_token = NULL, updated_at = now()
@@ -125,6 +144,12 @@ WITH {_EVALUATED}, waiting AS (
 ), {_CANCEL_COUNTS}
 SELECT (SELECT count(*) FROM changed) AS canceled, {_COMPLETED_NOW}
 """
+
+
+async def lock_tsq_members(conn: Connection, domain: str, batch_id: UUID) -> None:
+    """Lock the batch's members in the TSQ for this transaction, before its row (see the
+    module docstring)."""
+    await conn.execute(LOCK_TSQ_MEMBERS, {"domain": domain, "batch_id": batch_id})
 
 
 async def _refuse(conn: Connection, domain: str, batch_id: UUID, action: str) -> NoReturn:
@@ -189,6 +214,8 @@ async def cancel_batch(
     `InvalidOperationError` if the batch was canceled already or has completed."""
     params = {"domain": domain, "batch_id": batch_id, "reason": reason, "operator": operator}
     async with conn.transaction():
+        await conn.execute(LOCK_AGAINST_ACKS, params)
+        await lock_tsq_members(conn, domain, batch_id)
         if await conn.fetch_one(MARK_BATCH_CANCELED, params) is None:
             await _refuse(conn, domain, batch_id, "cancel")
         row = await conn.fetch_one(CANCEL_WAITING_MEMBERS, params)

@@ -277,6 +277,13 @@ def batch_context(domain: str, batch_id: UUID) -> str:
     return f"domain {domain!r}, batch {batch_id}"
 
 
+def checked_batch_key(domain: object, batch_id: object) -> tuple[str, UUID, str]:
+    """A batch's domain and id, checked, and how errors name it."""
+    checked_domain = check_name("domain", domain)
+    checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
+    return checked_domain, checked_id, batch_context(checked_domain, checked_id)
+
+
 def new_batch(
     domain: object,
     commands: object,

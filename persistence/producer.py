@@ -31,6 +31,8 @@ from uuid import UUID
 
 import psycopg
 
+from triobus.persistence.batch_operations import add_to_batch as store_added
+from triobus.persistence.batch_operations import close_batch as store_closed
 from triobus.persistence.batches import store_batch
 from triobus.persistence.commands import insert_command
 from triobus.persistence.connection import (
@@ -56,7 +58,13 @@ from triobus.persistence.errors import (
     ValidationError,
 )
 from triobus.persistence.json_values import JsonDefault
-from triobus.persistence.new_commands import new_batch, new_command
+from triobus.persistence.new_commands import (
+    NewCommand,
+    checked_batch_key,
+    new_batch,
+    new_batch_commands,
+    new_command,
+)
 from triobus.persistence.records import BatchCommand, FollowUpCommand, SendResult
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -70,6 +78,10 @@ __all__ = [
     "SendResult",
     "TriobusError",
     "ValidationError",
+    "add_to_batch",
+    "add_to_batch_async",
+    "close_batch",
+    "close_batch_async",
     "create_batch",
     "create_batch_async",
     "send",
@@ -279,3 +291,72 @@ async def create_batch_async(
     _check_connection(conn, psycopg.AsyncConnection, batch.context)
     await store_batch(_AsyncioConnection(conn), batch)
     return batch.batch_id
+
+
+def _added(
+    domain: str,
+    batch_id: UUID | str,
+    commands: Iterable[BatchCommand],
+    max_payload_bytes: int,
+    json_default: JsonDefault | None,
+) -> tuple[str, UUID, str, list[NewCommand]]:
+    checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
+    validated = new_batch_commands(
+        checked_domain,
+        checked_id,
+        commands,
+        max_payload_bytes=max_payload_bytes,
+        json_default=json_default,
+        context=context,
+    )
+    return checked_domain, checked_id, context, validated
+
+
+def add_to_batch(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    batch_id: UUID | str,
+    commands: Iterable[BatchCommand],
+    *,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
+) -> None:
+    """`bus.add_to_batch` on the caller's sync connection."""
+    checked_domain, checked_id, context, validated = _added(
+        domain, batch_id, commands, max_payload_bytes, json_default
+    )
+    _check_connection(conn, psycopg.Connection, context)
+    _completed(store_added(_SyncConnection(conn), checked_domain, checked_id, validated))
+
+
+async def add_to_batch_async(
+    conn: psycopg.AsyncConnection[Any],
+    domain: str,
+    batch_id: UUID | str,
+    commands: Iterable[BatchCommand],
+    *,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    json_default: JsonDefault | None = None,
+) -> None:
+    """`add_to_batch` on the caller's asyncio connection."""
+    checked_domain, checked_id, context, validated = _added(
+        domain, batch_id, commands, max_payload_bytes, json_default
+    )
+    _check_connection(conn, psycopg.AsyncConnection, context)
+    await store_added(_AsyncioConnection(conn), checked_domain, checked_id, validated)
+
+
+def close_batch(conn: psycopg.Connection[Any], domain: str, batch_id: UUID | str) -> bool:
+    """`bus.close_batch` on the caller's sync connection: whether the batch completed."""
+    checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
+    _check_connection(conn, psycopg.Connection, context)
+    return _completed(store_closed(_SyncConnection(conn), checked_domain, checked_id))
+
+
+async def close_batch_async(
+    conn: psycopg.AsyncConnection[Any], domain: str, batch_id: UUID | str
+) -> bool:
+    """`close_batch` on the caller's asyncio connection."""
+    checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
+    _check_connection(conn, psycopg.AsyncConnection, context)
+    return await store_closed(_AsyncioConnection(conn), checked_domain, checked_id)

@@ -30,6 +30,7 @@ import attrs
 from triobus.persistence.batch_counts import (
     StatusChange,
     batch_count_ctes,
+    cancel_lock_key_sql,
     of_canceled_batch,
     select_changes,
 )
@@ -106,6 +107,19 @@ WITH candidates AS (
 SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
        max_attempts, lease_token
 FROM claimed ORDER BY visible_at, command_id
+"""
+
+# The batches of these commands, share-locked against a cancel (in key order) before a
+# statement that would leave one of them waiting reads whether its batch is canceled.
+LOCK_BATCHES_AGAINST_CANCEL = f"""
+SELECT pg_advisory_xact_lock_shared({cancel_lock_key_sql("k.domain", "k.batch_id")})
+FROM (
+    SELECT DISTINCT c.domain, c.batch_id FROM triobus.command c
+    JOIN unnest(%(domain)s::text[], %(command_id)s::uuid[]) AS r(domain, command_id)
+      ON c.domain = r.domain AND c.command_id = r.command_id
+    WHERE c.batch_id IS NOT NULL
+    ORDER BY 1, 2 OFFSET 0
+) k
 """
 
 # Heartbeats and releases skip rows another statement holds (the acker writing their
@@ -284,6 +298,9 @@ class Outcome(enum.StrEnum):
         return _STATUS_AFTER[self]
 
 
+# Outcomes after which a command waits (for another attempt, or for an operator).
+_WAITING = frozenset({CommandStatus.PENDING, CommandStatus.IN_TROUBLESHOOTING_QUEUE})
+
 # Looked up for every result an ack writes: tables, not enum calls (about 0.5 us each).
 _EVENT_OF = MappingProxyType({outcome: AuditEventType(outcome.value) for outcome in Outcome})
 _STATUS_AFTER = MappingProxyType(
@@ -353,7 +370,13 @@ async def release_if_claimed(
 ) -> int:
     """Make claimed commands visible again at once (clean stop); the attempt is not counted.
     A member of a canceled batch is canceled instead. Returns how many were released."""
-    row = await conn.fetch_one(RELEASE_IF_CLAIMED, _lease_params(domain, claims, 0.0))
+    params = _lease_params(domain, claims, 0.0)
+    async with conn.transaction():
+        await conn.execute(
+            LOCK_BATCHES_AGAINST_CANCEL,
+            {"domain": [domain] * len(claims), "command_id": params["command_ids"]},
+        )
+        row = await conn.fetch_one(RELEASE_IF_CLAIMED, params)
     assert row is not None
     return int(row["released"])
 
@@ -380,8 +403,16 @@ async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> 
 
     Writes each command's new state, its audit event and, for a terminal outcome with a
     `reply_to`, exactly one reply (and a NOTIFY on `Channel.REPLY` with the queue name).
+    A retry or a move to the TSQ of a member of a canceled batch cancels it instead; when
+    there are such outcomes, the statement runs in a transaction that first share-locks
+    their batches against a cancel.
     """
-    return CommandChange.from_rows(await conn.fetch_all(ACK_IF_CLAIMED, _ack_params(results)))
+    params = _ack_params(results)
+    if not any(r.outcome.status in _WAITING for r in results):
+        return CommandChange.from_rows(await conn.fetch_all(ACK_IF_CLAIMED, params))
+    async with conn.transaction():
+        await conn.execute(LOCK_BATCHES_AGAINST_CANCEL, params)
+        return CommandChange.from_rows(await conn.fetch_all(ACK_IF_CLAIMED, params))
 
 
 async def lock_if_claimed(conn: Connection, claim: ClaimedCommand) -> bool:

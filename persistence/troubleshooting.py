@@ -47,7 +47,8 @@ LOCK_COMMAND_STATUS = """
 SELECT status FROM triobus.command WHERE domain = %s AND command_id = %s FOR UPDATE
 """
 
-# A batch's TSQ members are retried under its row lock, taken first as a cancel takes it.
+# retry_batch locks the batch's TSQ members, then (with this) its row: see
+# `batch_operations.lock_tsq_members`.
 LOCK_BATCH = """
 SELECT canceled_at IS NOT NULL AS canceled FROM triobus.batch
 WHERE domain = %s AND batch_id = %s FOR UPDATE

@@ -3,8 +3,9 @@ commands to an open batch and close it. Real PostgreSQL, real workers."""
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -373,3 +374,49 @@ async def test_a_cancel_racing_with_acks_of_retries_leaves_no_member_waiting(
         await runtime.bus.cancel_batch("c", batch_id, reason="race")
         batch = await runtime.wait_batch("c", batch_id, timeout=30)
         assert batch.canceled_count == 200 and batch.total_count == 200
+
+
+async def test_a_cancel_racing_with_first_claims_and_operators_never_deadlocks(
+    triobus_runtime: Runtime, eventually: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Claims lock members, then the batch row (to start it); operators lock a member,
+    then the row (its counts). A cancel takes its locks in the same order: whatever it
+    races with, nobody gets a deadlock error (PostgreSQL would abort one side)."""
+    runtime = triobus_runtime
+    Gate(runtime)
+    await runtime.start_worker("c", concurrency=16, poll_interval=0.05)
+    for _ in range(5):  # canceled while its first members are being claimed
+        batch_id = await runtime.bus.create_batch("c", [member("ok") for _ in range(300)])
+        await runtime.bus.cancel_batch("c", batch_id, reason="at once")
+        await runtime.wait_batch("c", batch_id, timeout=30)
+    for _ in range(5):  # canceled while operators act on its TSQ members
+        members = [member("tsq") for _ in range(6)]
+        batch_id = await runtime.bus.create_batch("c", members)
+
+        async def parked(batch_id: uuid.UUID = batch_id) -> bool:
+            batch = await runtime.bus.get_batch("c", batch_id)
+            return batch is not None and batch.in_troubleshooting_count == 6
+
+        await eventually(parked)
+        refused: list[InvalidOperationError] = []
+
+        async def act(call: Callable[[], Awaitable[object]], refused: list[Any]) -> None:
+            try:
+                await call()
+            except InvalidOperationError as ex:  # the other got there first
+                refused.append(ex)
+
+        async with trio.open_nursery() as nursery:
+            for index, m in enumerate(members):
+                tsq = runtime.tsq
+                call = (
+                    functools.partial(tsq.operator_retry, "c", m.command_id)
+                    if index % 2
+                    else functools.partial(tsq.operator_cancel, "c", m.command_id, "no")
+                )
+                nursery.start_soon(act, call, refused)
+            nursery.start_soon(
+                act, functools.partial(runtime.bus.cancel_batch, "c", batch_id, reason="r"), refused
+            )
+        await runtime.wait_batch("c", batch_id, timeout=30)
+    assert not [r for r in caplog.records if "deadlock" in r.getMessage()]

@@ -136,6 +136,43 @@ def test_the_asyncio_producer_sends_and_creates_batches(
     assert count(other, f"SELECT total_count FROM triobus.batch WHERE batch_id = '{batch_id}'") == 2
 
 
+REPORT = producer.FollowUpCommand(domain="reports", command_type="Report", data={"k": 1})
+
+
+def reports_seen(conn: psycopg.Connection[Any]) -> int:
+    return count(conn, "SELECT count(*) FROM triobus.command WHERE domain = 'reports'")
+
+
+def test_a_sync_producer_fills_an_open_batch_and_closes_it(
+    app: psycopg.Connection[Any], other: psycopg.Connection[Any]
+) -> None:
+    with app.transaction():
+        batch_id = producer.create_batch(app, "shop", [], open=True, on_complete_command=REPORT)
+        producer.add_to_batch(app, "shop", batch_id, [BatchCommand("Ship", uuid.uuid4(), {})])
+        assert commands_seen(other) == 0
+    assert commands_seen(other) == 1
+    assert producer.close_batch(app, "shop", batch_id) is False  # its member is open
+    with pytest.raises(InvalidOperationError, match="is closed: adding commands"):
+        producer.add_to_batch(app, "shop", batch_id, [BatchCommand("Ship", uuid.uuid4(), {})])
+    assert commands_seen(other) == 1 and reports_seen(other) == 0
+
+
+def test_an_asyncio_producer_closes_an_empty_open_batch_and_its_follow_up_is_sent(
+    triobus_dsn: str, other: psycopg.Connection[Any]
+) -> None:
+    async def produce() -> bool:
+        async with await psycopg.AsyncConnection.connect(triobus_dsn) as conn:
+            batch_id = await producer.create_batch_async(
+                conn, "shop", [], open=True, on_success_command=REPORT
+            )
+            with pytest.raises(ValidationError, match="a batch needs at least one command"):
+                await producer.add_to_batch_async(conn, "shop", batch_id, [])
+            return await producer.close_batch_async(conn, "shop", batch_id)
+
+    assert asyncio.run(produce()) is True
+    assert reports_seen(other) == 1
+
+
 async def test_a_trio_worker_runs_what_a_sync_producer_sent(
     triobus_runtime: Runtime, triobus_dsn: str, eventually: Callable[..., Awaitable[object]]
 ) -> None:

@@ -12,10 +12,10 @@ WITH r AS (
 ), acked AS (
     UPDATE triobus.command c
     SET status = CASE WHEN r.status IN ('PENDING', 'IN_TROUBLESHOOTING_QUEUE')
-                           AND (c.batch_id IS NOT NULL AND (
-            SELECT cb.canceled_at IS NOT NULL FROM triobus.batch cb
+                           AND (c.batch_id IS NOT NULL AND EXISTS (
+            SELECT FROM triobus.batch cb
             WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
-            FOR UPDATE))
+              AND cb.canceled_at IS NOT NULL))
                       THEN 'CANCELED' ELSE r.status END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
@@ -464,6 +464,16 @@ UPDATE triobus.command c
 SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id;
 
+-- name: LOCK_BATCHES_AGAINST_CANCEL
+SELECT pg_advisory_xact_lock_shared(29794, hashtext(k.domain || ':' || k.batch_id::text))
+FROM (
+    SELECT DISTINCT c.domain, c.batch_id FROM triobus.command c
+    JOIN unnest(%(domain)s::text[], %(command_id)s::uuid[]) AS r(domain, command_id)
+      ON c.domain = r.domain AND c.command_id = r.command_id
+    WHERE c.batch_id IS NOT NULL
+    ORDER BY 1, 2 OFFSET 0
+) k;
+
 -- name: LOCK_IF_CLAIMED
 SELECT 1 AS held FROM triobus.command
 WHERE domain = %(domain)s AND command_id = %(command_id)s AND lease_token = %(lease_token)s
@@ -477,10 +487,10 @@ WITH mine AS (
     FOR UPDATE SKIP LOCKED
 ), released AS (
     UPDATE triobus.command c
-    SET status = CASE WHEN (c.batch_id IS NOT NULL AND (
-            SELECT cb.canceled_at IS NOT NULL FROM triobus.batch cb
+    SET status = CASE WHEN (c.batch_id IS NOT NULL AND EXISTS (
+            SELECT FROM triobus.batch cb
             WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
-            FOR UPDATE)) THEN 'CANCELED'
+              AND cb.canceled_at IS NOT NULL)) THEN 'CANCELED'
                       ELSE 'PENDING' END,
         visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
     FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
