@@ -366,14 +366,13 @@ class CommandBus:
         )
         transaction = joined(conn, self._pool, context)
         async with statement_connection(self._pool, transaction) as connection:
-            canceled, _ = await batch_operations.cancel_batch(
+            return await batch_operations.cancel_batch(
                 connection,
                 checked_domain,
                 checked_id,
                 reason=checked_reason,
                 operator=checked_operator,
             )
-        return canceled
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
         """The batch with its counts, or None."""

@@ -25,6 +25,7 @@ from triobus.persistence.errors import (
     InvalidOperationError,
 )
 from triobus.persistence.json_values import JsonDefault
+from triobus.persistence.new_commands import checked_batch_key
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.records import CommandChange, CommandStatus, TroubleshootingItem
 from triobus.persistence.troubleshooting import (
@@ -217,9 +218,7 @@ class TroubleshootingQueue:
         """Retry every member of the batch that is in the TSQ, in one transaction (one
         OPERATOR_RETRY event each); returns the count. Raises `BatchNotFoundError`, or
         `InvalidOperationError` for a canceled batch."""
-        checked_domain = check_name("domain", domain)
-        checked_id = check_uuid("batch_id", batch_id, context=f"domain {checked_domain!r}")
-        context = f"domain {checked_domain!r}, batch {checked_id}"
+        checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
         checked_operator = _optional_operator(operator, context)
         transaction = joined(conn, self._pool, context)
         async with (

@@ -1,9 +1,12 @@
-"""A batch with a completion callback, and an operator resolving its one failure.
+"""A batch with a completion callback, follow-up commands, and an operator resolving its
+one failure.
 
 Five rows are imported as one batch; row 3 fails permanently and waits in the
 troubleshooting queue. While it waits, the batch stays IN_PROGRESS and the callback does
 not fire. When the operator cancels it, the batch completes with failures and the
-callback fires, once, with the final counts.
+callback fires, once, with the final counts. The batch's follow-up commands were written
+by the transactions of their events (row 3's move to the TSQ, the completion); a worker
+of domain "reports" then runs them.
 
     python examples/batch_callback.py   ($TRIOBUS_DSN, else a private embedded PostgreSQL)
 """
@@ -19,6 +22,8 @@ from triobus.actors import (
     BatchCommand,
     BatchMetadata,
     Command,
+    CommandStatus,
+    FollowUpCommand,
     HandlerContext,
     HandlerRegistry,
     PermanentCommandError,
@@ -33,6 +38,12 @@ async def import_row(command: Command, ctx: HandlerContext) -> dict[str, str]:
     if not command.data.get("email"):
         raise PermanentCommandError("NO_EMAIL", f"row {command.data['row']} has no email")
     return {"imported": command.data["email"]}
+
+
+@registry.handler("reports", "AlertOps")
+@registry.handler("reports", "ImportReport")
+async def report(command: Command, ctx: HandlerContext) -> dict[str, str]:
+    return {"seen": command.data["batch"]["status"]}
 
 
 async def main() -> None:
@@ -57,7 +68,12 @@ async def main() -> None:
             for n in range(1, 6)
         ]
         batch_id = await runtime.bus.create_batch(
-            "imports", rows, name="contacts.csv", on_complete=on_complete
+            "imports",
+            rows,
+            name="contacts.csv",
+            on_complete=on_complete,
+            on_failure_command=FollowUpCommand(domain="reports", command_type="AlertOps"),
+            on_complete_command=FollowUpCommand(domain="reports", command_type="ImportReport"),
         )
         with trio.fail_after(30):  # until the four good rows are done and row 3 waits
             while True:
@@ -80,6 +96,19 @@ async def main() -> None:
         print("batch audit trail:")
         for event in await runtime.bus.get_audit_trail(batch_id, domain="imports"):
             print(f"  {event.event_type:<15} {event.details}")
+        await runtime.start_worker("reports", poll_interval=0.2)
+        finished = await runtime.wait_batch("imports", batch_id)
+        for follow_up in finished.follow_ups:
+            with trio.fail_after(30):
+                while True:
+                    command = await runtime.bus.get_command("reports", follow_up.command_id)
+                    if command and command.status is CommandStatus.COMPLETED:
+                        break
+                    await trio.sleep(0.05)
+            print(
+                f"follow-up {follow_up.event}: {follow_up.command.command_type} ran once,"
+                f" when the batch was {command.data['batch']['status']}"
+            )
 
 
 if __name__ == "__main__":

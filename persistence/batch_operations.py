@@ -142,7 +142,7 @@ WITH {_EVALUATED}, waiting AS (
     )
 }
 ), {_CANCEL_COUNTS}
-SELECT (SELECT count(*) FROM changed) AS canceled, {_COMPLETED_NOW}
+SELECT count(*) AS canceled FROM changed
 """
 
 
@@ -207,10 +207,10 @@ async def close_batch(conn: Connection, domain: str, batch_id: UUID) -> bool:
 
 async def cancel_batch(
     conn: Connection, domain: str, batch_id: UUID, *, reason: str, operator: str | None
-) -> tuple[int, bool]:
+) -> int:
     """Cancel a batch: closed, and every member PENDING or in the TSQ CANCELED (with a
-    CANCELED reply); members running now finish. Returns how many members it canceled
-    and whether the batch completed. Raises `BatchNotFoundError`, or
+    CANCELED reply); members running now finish. It completes here if none is open.
+    Returns how many members it canceled. Raises `BatchNotFoundError`, or
     `InvalidOperationError` if the batch was canceled already or has completed."""
     params = {"domain": domain, "batch_id": batch_id, "reason": reason, "operator": operator}
     async with conn.transaction():
@@ -220,4 +220,4 @@ async def cancel_batch(
             await _refuse(conn, domain, batch_id, "cancel")
         row = await conn.fetch_one(CANCEL_WAITING_MEMBERS, params)
     assert row is not None
-    return int(row["canceled"]), bool(row["completed"])
+    return int(row["canceled"])

@@ -80,7 +80,7 @@ class DatabaseUnavailableError(DatabaseError):
 
 
 class InvalidOperationError(TriobusError):
-    """The operation does not apply to the command in its current state."""
+    """The operation does not apply to the command (or batch) in its current state."""
 
 
 class SchemaError(TriobusError, RuntimeError):

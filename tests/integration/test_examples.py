@@ -37,6 +37,10 @@ async def test_batch_callback_example_fires_only_after_the_operator_acts(triobus
     assert canceled.startswith("operator cancels")
     assert "COMPLETED_WITH_FAILURES: completed=4 failed=0 canceled=1 of 5" in fired
     assert out.count("BATCH_COMPLETED") == 1
+    assert out.splitlines()[-2:] == [
+        "follow-up ON_COMPLETE: ImportReport ran once, when the batch was COMPLETED_WITH_FAILURES",
+        "follow-up ON_FAILURE: AlertOps ran once, when the batch was IN_PROGRESS",
+    ]
 
 
 async def test_worker_example_runs_every_outcome(triobus_dsn: str) -> None:
