@@ -594,8 +594,9 @@ class Bench:
                     ratio_summary(with_follow_ups, without),
                 ]
             ],
-            "The cancel is one transaction: the batch row, then one statement that cancels"
-            " every member (an UPDATE, an audit row each) and completes the batch. The A/B"
+            "The cancel is one transaction: the batch's cancel lock, its TSQ members' and its"
+            " row's locks, then one statement that cancels every waiting member (an UPDATE and"
+            " an audit row each) and completes the batch. The A/B"
             " alternates which batch goes first in each round; each is timed from starting the"
             " connected, idle worker process until the batch is complete (polled every 50 ms),"
             " so the follow-ups' own insertion (two commands, with the completion) is inside.",
