@@ -168,6 +168,7 @@ def outcome_of(
         domain=command.domain,
         command_id=command.command_id,
         lease_token=claim.lease_token,
+        batch_id=command.batch_id,
     )
     if isinstance(run, Returned):
         try:

@@ -317,12 +317,15 @@ _STATUS_AFTER = MappingProxyType(
 @attrs.frozen(kw_only=True)
 class HandlerResult:
     """The result of one handler run, to acknowledge under the claim's lease token.
-    `result_json` and `error_details_json` are already encoded."""
+    `result_json` and `error_details_json` are already encoded; `batch_id` is the
+    command's batch, as claimed (an ack that would leave a member waiting takes its
+    batch's cancel lock first)."""
 
     domain: str
     command_id: UUID
     lease_token: UUID
     outcome: Outcome
+    batch_id: UUID | None = None
     result_json: str | None = None
     retry_delay: float | None = None
     error_type: str | None = None
@@ -404,11 +407,11 @@ async def ack_if_claimed(conn: Connection, results: Sequence[HandlerResult]) -> 
     Writes each command's new state, its audit event and, for a terminal outcome with a
     `reply_to`, exactly one reply (and a NOTIFY on `Channel.REPLY` with the queue name).
     A retry or a move to the TSQ of a member of a canceled batch cancels it instead; when
-    there are such outcomes, the statement runs in a transaction that first share-locks
-    their batches against a cancel.
+    there are such outcomes of batch members, the statement runs in a transaction that
+    first share-locks their batches against a cancel.
     """
     params = _ack_params(results)
-    if not any(r.outcome.status in _WAITING for r in results):
+    if not any(r.batch_id is not None and r.outcome.status in _WAITING for r in results):
         return CommandChange.from_rows(await conn.fetch_all(ACK_IF_CLAIMED, params))
     async with conn.transaction():
         await conn.execute(LOCK_BATCHES_AGAINST_CANCEL, params)
