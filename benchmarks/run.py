@@ -603,22 +603,23 @@ class Bench:
         )
 
     async def _batch_rate(self, count: int, concurrency: int, follow_ups: bool) -> float:
-        report = FollowUpCommand(domain="reports", command_type="Report", data={"to": "ops"})
-        options = (
-            {
-                "on_complete_command": report,
-                "on_success_command": report,
-                "on_failure_command": report,
-            }
+        report = (
+            FollowUpCommand(domain="reports", command_type="Report", data={"to": "ops"})
             if follow_ups
-            else {}
+            else None
         )
         async with (
             self.database() as dsn,
             open_runtime(dsn, migrate=False) as runtime,
             worker_processes(dsn, "bench", 1, concurrency, gated=True) as processes,
         ):
-            batch_id = await runtime.bus.create_batch("bench", noop_batch(count), **options)
+            batch_id = await runtime.bus.create_batch(
+                "bench",
+                noop_batch(count),
+                on_complete_command=report,
+                on_success_command=report,
+                on_failure_command=report,
+            )
             started = time.perf_counter()
             for process in processes:
                 assert process.stdin is not None
