@@ -307,7 +307,7 @@ class FollowUpEvent(enum.StrEnum):
         return f"{self.lower()}_command"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class FollowUpCommand:
     """A command `create_batch` stores with a batch, sent when its event happens (see
     `FollowUpEvent`) by the transaction in which it happens. It is an ordinary command of

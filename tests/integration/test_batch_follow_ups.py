@@ -27,7 +27,7 @@ REPORT = FollowUpCommand(domain="f", command_type="Report", data={"to": "ops"})
 ALL_THREE: dict[str, Any] = {
     "on_complete_command": REPORT,
     "on_success_command": FollowUpCommand(domain="f", command_type="Success", max_attempts=2),
-    "on_failure_command": FollowUpCommand(domain="f", command_type="Failure"),
+    "on_failure_command": FollowUpCommand("f", "Failure"),  # fields positional too
 }
 
 

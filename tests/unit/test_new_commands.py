@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 
 import pytest
 
-from triobus.actors import BatchCommand
+from triobus.actors import BatchCommand, FollowUpCommand, FollowUpEvent
 from triobus.persistence.errors import DuplicateCommandError, ValidationError
-from triobus.persistence.new_commands import new_batch_commands, new_command
+from triobus.persistence.new_commands import (
+    follow_up_command_id,
+    new_batch,
+    new_batch_commands,
+    new_command,
+)
 from triobus.persistence.validation import MAX_SECONDS
 
 
@@ -92,3 +98,37 @@ def test_generated_correlation_ids_are_uuid7_ordered_by_their_millisecond() -> N
     assert all(first < made for made in later)
     # 74 random bits beside the time: ids of the same millisecond differ there
     assert len({made.int & RANDOM_BITS for made in later}) == len(later)
+
+
+def test_a_follow_up_id_is_its_batch_and_events_alone() -> None:
+    batch_id = uuid.uuid4()
+    ids = {
+        (domain, batch, event): follow_up_command_id(domain, batch, event)
+        for domain in ("d", "e")
+        for batch in (batch_id, uuid.uuid4())
+        for event in FollowUpEvent
+    }
+    assert len(set(ids.values())) == len(ids)  # one id per (domain, batch, event)
+    again = follow_up_command_id("d", batch_id, FollowUpEvent.ON_FAILURE)
+    assert again == ids["d", batch_id, FollowUpEvent.ON_FAILURE]  # stable: UUIDv5
+    assert again.version == 5
+
+
+def test_a_batch_stores_only_the_follow_ups_it_was_given() -> None:
+    batch = new_batch(
+        "d",
+        [],
+        open=True,
+        on_failure_command=FollowUpCommand("alerts", "Page", {"who": "ops"}, max_attempts=2),
+    )
+    assert batch.follow_ups_json is not None
+    assert json.loads(batch.follow_ups_json) == {
+        "ON_FAILURE": {
+            "domain": "alerts",
+            "command_type": "Page",
+            "command_id": str(follow_up_command_id("d", batch.batch_id, FollowUpEvent.ON_FAILURE)),
+            "max_attempts": 2,
+            "data": {"who": "ops"},
+        }
+    }
+    assert new_batch("d", [], open=True).follow_ups_json is None
