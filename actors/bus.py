@@ -60,7 +60,9 @@ class CommandBus:
     """Sends and queries commands. Every method validates its arguments before any I/O.
 
     Sends are idempotent by `(domain, command_id)`: a second send of the same id raises
-    `DuplicateCommandError` and writes nothing, also when the two sends race.
+    `DuplicateCommandError` and writes nothing, also when the two sends race, for as long
+    as the command is stored (retention removes finished commands: 7 days after they
+    finished by default; then the id may be sent again).
     """
 
     def __init__(

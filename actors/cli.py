@@ -1,7 +1,7 @@
 """The `triobus` operator command line.
 
     triobus [--dsn DSN] [--json] migrate | worker | tsq ... | batch ... | command ... |
-                                 stats | replies read
+                                 stats | prune | replies read
 
 Every command needs a database: `--dsn`, else `$TRIOBUS_DSN` (the embedded cluster is for
 the demo and tests, not for operators). Output is a table for people, or JSON with
@@ -30,15 +30,18 @@ from triobus.actors.cli_common import (
     EXIT_USAGE,
     Parser,
     UsageError,
+    duration,
     one_line,
 )
 from triobus.actors.cli_worker import add_worker_arguments, run_worker
+from triobus.actors.maintenance import Pruner, RetentionPolicy
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
 from triobus.persistence.databases import migrate
 from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
 from triobus.persistence.records import BatchMetadata, CommandStatus
+from triobus.persistence.retention import Removed
 from triobus.persistence.schema import available_migrations
-from triobus.persistence.validation import check_dsn, check_seconds
+from triobus.persistence.validation import check_dsn, check_name, check_seconds
 
 Action = Callable[[argparse.Namespace, Runtime], Awaitable[Any]]
 
@@ -375,6 +378,26 @@ def _done(batch: BatchMetadata) -> int:
     return batch.completed_count + batch.failed_count + batch.canceled_count
 
 
+PRUNE_COLUMNS = ("domain", "commands", "batches", "audit_rows", "replies")
+
+
+async def prune(args: argparse.Namespace, runtime: Runtime) -> None:
+    """Remove (or with --dry-run count) finished work older than --older-than."""
+    policy = RetentionPolicy(commands=args.older_than, replies=args.older_than)
+    domain = None if args.domain is None else check_name("domain", args.domain)
+    report = await Pruner(runtime.pool, policy).prune(
+        domain=domain, dry_run=args.dry_run, wait=True
+    )
+    rows = [{"domain": name, **attrs.asdict(r)} for name, r in report.removed.items()]
+    if report.replies or domain is None:
+        rows.append({"domain": "(replies)", **attrs.asdict(Removed(replies=report.replies))})
+    if args.json:
+        _emit(args, {"dry_run": args.dry_run, "removed": rows})
+        return
+    print("would remove (dry run):" if args.dry_run else "removed:")
+    _emit(args, rows, PRUNE_COLUMNS)
+
+
 async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
     replies = await runtime.bus.read_replies(args.queue, limit=args.limit)
     _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
@@ -481,6 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--offset", type=int, default=0)
 
+    pruning = leaf(
+        commands,
+        "prune",
+        "remove finished commands, completed batches and old replies (what retention does)",
+        prune,
+    )
+    pruning.add_argument("--domain", help="only this domain (and not the replies)")
+    pruning.add_argument(
+        "--older-than",
+        type=duration,
+        default=7 * 86_400.0,
+        metavar="AGE",
+        help="finished (completed, created) before this long ago: 90, 45s, 30m, 12h, 7d"
+        " (default: 7d)",
+    )
+    pruning.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+
     counts = leaf(
         commands, "stats", "commands per domain and status, oldest pending wait, TSQ", stats
     )
@@ -530,7 +570,7 @@ async def _dispatch(args: argparse.Namespace, dsn: str) -> int:
     if args.action is run_migrate:
         await run_migrate(args, dsn)
         return 0
-    async with open_runtime(dsn, migrate=False) as runtime:
+    async with open_runtime(dsn, migrate=False, retention=None) as runtime:
         await args.action(args, runtime)
     return 0
 

@@ -31,9 +31,10 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from triobus.actors.application import KINDS, ApplicationError, started
-from triobus.actors.cli_common import UsageError
+from triobus.actors.cli_common import UsageError, duration
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.log_format import LogFormat, configure_logging
+from triobus.actors.maintenance import RetentionPolicy
 from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.runtime import Runtime, open_runtime
 from triobus.actors.worker import Worker
@@ -126,6 +127,13 @@ def add_worker_arguments(worker: argparse.ArgumentParser) -> None:
     option("--log-level", str.upper, "INFO", f"one of {', '.join(LOG_LEVELS)}")
     option("--log-format", LogFormat, LogFormat.TEXT, "text or json")
     option("--stats-interval", float, 60.0, "seconds between statistics lines, 0: none")
+    option(
+        "--retention",
+        duration,
+        7 * 86_400.0,
+        "how long finished work is kept before this runtime prunes it: 90, 45s, 30m, 12h,"
+        " 7d; 0 keeps everything",
+    )
 
 
 def load_application(spec: str) -> object:
@@ -182,7 +190,15 @@ async def run_worker(args: argparse.Namespace, dsn: str) -> int:
     application = load_application(args.app)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
-            open_runtime(dsn, migrate=not args.no_migrate) as runtime,
+            open_runtime(
+                dsn,
+                migrate=not args.no_migrate,
+                retention=(
+                    RetentionPolicy(commands=args.retention, replies=args.retention)
+                    if args.retention
+                    else None
+                ),
+            ) as runtime,
             started(application, runtime, f"the application {args.app!r}") as registry,
         ):
             try:

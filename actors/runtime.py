@@ -30,6 +30,12 @@ from triobus.actors.batch_actor import BatchCallback, BatchWatchStatistics
 from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.bus import CommandBus
 from triobus.actors.handlers import HandlerRegistry
+from triobus.actors.maintenance import (
+    DEFAULT_RETENTION,
+    Pruner,
+    RetentionPolicy,
+    run_maintenance,
+)
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.transaction import Transaction, open_transaction
@@ -72,6 +78,13 @@ def _check_registry(options: RuntimeOptions, attribute: Any, value: object) -> N
         raise ValidationError(f"registry must be a HandlerRegistry, got {type(value).__name__}")
 
 
+def _check_retention(options: RuntimeOptions, attribute: Any, value: object) -> None:
+    if value is not None and not isinstance(value, RetentionPolicy):
+        raise ValidationError(
+            f"retention must be a RetentionPolicy or None, got {type(value).__name__}"
+        )
+
+
 def _to_driver_kind(value: object) -> DriverKind:
     return check_enum("driver", DriverKind, value)
 
@@ -92,6 +105,10 @@ class RuntimeOptions:
     json_default: JsonDefault | None = attrs.field(
         default=None, validator=checked_by(check_optional_callable)
     )
+    retention: RetentionPolicy | None = attrs.field(
+        default=DEFAULT_RETENTION, validator=_check_retention
+    )
+    maintenance_interval: float = attrs.field(default=60.0, validator=checked_by(check_seconds))
 
 
 @attrs.frozen
@@ -336,6 +353,8 @@ async def open_runtime(
     batch_callback_timeout: float = 60.0,
     batch_reconcile_interval: float = 5.0,
     json_default: JsonDefault | None = None,
+    retention: RetentionPolicy | None = DEFAULT_RETENTION,
+    maintenance_interval: float = 60.0,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime on `dsn`, else on `$TRIOBUS_DSN`, else on an embedded cluster.
 
@@ -349,7 +368,11 @@ async def open_runtime(
     under `batch_callback_timeout`; watched batches are reconciled with the database every
     `batch_reconcile_interval` seconds in case a notification was lost. Payloads (command
     data, results, an operator's data) may hold Decimal, UUID, dates and enums
-    (`json_values`); `json_default` encodes further types.
+    (`json_values`); `json_default` encodes further types. Every
+    `maintenance_interval` seconds the runtime prunes finished work older than
+    `retention` says (`RetentionPolicy`: 7 days by default; None keeps everything), at
+    most one pruner at a time across all runtimes on the database; a role that may not
+    delete turns it off with one log line.
     """
     _check_running_on_trio("open_runtime")
     if dsn is not None:
@@ -363,6 +386,8 @@ async def open_runtime(
         batch_callback_timeout=batch_callback_timeout,
         batch_reconcile_interval=batch_reconcile_interval,
         json_default=json_default,
+        retention=retention,
+        maintenance_interval=maintenance_interval,
     )
     try:
         async with AsyncExitStack() as stack:
@@ -389,6 +414,12 @@ async def open_runtime(
                     reconcile_interval=options.batch_reconcile_interval,
                 )
                 await nursery.start(batches.run)
+                if options.retention is not None and not options.retention.disabled:
+                    await nursery.start(
+                        run_maintenance,
+                        Pruner(pool, options.retention),
+                        options.maintenance_interval,
+                    )
                 runtime = Runtime(
                     options,
                     dsn=dsn,

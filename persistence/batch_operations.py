@@ -123,7 +123,8 @@ WITH {_EVALUATED}, waiting AS (
     FOR UPDATE SKIP LOCKED  -- its TSQ members it holds already; a PENDING one held is claimed
 ), changed AS (
     UPDATE triobus.command c
-    SET status = {literal(CommandStatus.CANCELED)}, lease_token = NULL, updated_at = now()
+    SET status = {literal(CommandStatus.CANCELED)}, lease_token = NULL, finished_at = now(),
+        updated_at = now()
     FROM waiting w WHERE c.domain = w.domain AND c.command_id = w.command_id
     RETURNING c.domain, c.command_id, c.batch_id, c.status, c.reply_to, c.correlation_id,
               w.status AS old_status

@@ -51,6 +51,7 @@ _IN_PROGRESS_SQL = literal(CommandStatus.IN_PROGRESS)
 _COMPLETED_SQL = literal(CommandStatus.COMPLETED)
 _IN_TSQ_SQL = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 _CANCELED_SQL = literal(CommandStatus.CANCELED)
+_TERMINAL_SQL = literal_list(s for s in CommandStatus if s.is_terminal)
 _CANCELED_WITH_BATCH_SQL = literal(AuditEventType.CANCELED_WITH_BATCH)
 # A member of a canceled batch is canceled when it would otherwise wait for another
 # attempt (a retry, or released at a stop) or for an operator (the TSQ).
@@ -142,6 +143,7 @@ RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}, released AS (
     UPDATE triobus.command c
     SET status = CASE WHEN {of_canceled_batch("c")} THEN {_CANCELED_SQL}
                       ELSE {_PENDING_SQL} END,
+        finished_at = CASE WHEN {of_canceled_batch("c")} THEN now() END,
         visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
     FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id
@@ -174,7 +176,7 @@ _ACK_REPLIES = insert_replies(
                 ELSE jsonb_strip_nulls(jsonb_build_object(
                     'error_type', error_type, 'error_code', error_code,
                     'error_message', error_message, 'error_details', error_details)) END""",
-    only_if=f"status IN {literal_list(s for s in CommandStatus if s.is_terminal)}",
+    only_if=f"status IN {_TERMINAL_SQL}",
 )
 
 ACK_IF_CLAIMED = f"""
@@ -191,6 +193,9 @@ WITH r AS (
     SET status = CASE WHEN r.status IN ({_PENDING_SQL}, {_IN_TSQ_SQL})
                            AND {of_canceled_batch("c")}
                       THEN {_CANCELED_SQL} ELSE r.status END,
+        finished_at = CASE WHEN r.status IN {_TERMINAL_SQL} THEN now()
+                           WHEN r.status IN ({_PENDING_SQL}, {_IN_TSQ_SQL})
+                                AND {of_canceled_batch("c")} THEN now() END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
         error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
@@ -241,7 +246,7 @@ COMPLETE_IF_CLAIMED = f"""
 WITH acked AS (
     UPDATE triobus.command c
     SET status = {_COMPLETED_SQL}, result = %(result)s::jsonb, lease_token = NULL,
-        updated_at = now()
+        finished_at = now(), updated_at = now()
     WHERE c.domain = %(domain)s AND c.command_id = %(command_id)s
       AND c.lease_token = %(lease_token)s
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,

@@ -148,6 +148,7 @@ class CommandMetadata:
     visible_at: datetime
     created_at: datetime
     updated_at: datetime
+    finished_at: datetime | None = None  # when it became terminal
 
     @classmethod
     def from_row(cls, row: Row) -> CommandMetadata:
@@ -167,6 +168,7 @@ class CommandMetadata:
             visible_at=row["visible_at"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
         )
 
 

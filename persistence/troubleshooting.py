@@ -87,7 +87,8 @@ _CANCEL_REPLIES = insert_replies(
 CANCEL_FROM_TSQ = f"""
 WITH changed AS (
     UPDATE triobus.command
-    SET status = {literal(CommandStatus.CANCELED)}, lease_token = NULL, updated_at = now()
+    SET status = {literal(CommandStatus.CANCELED)}, lease_token = NULL, finished_at = now(),
+        updated_at = now()
     WHERE {_IN_SCOPE}
     RETURNING domain, command_id, batch_id, status, reply_to, correlation_id
 ), audit AS (
@@ -107,7 +108,7 @@ COMPLETE_FROM_TSQ = f"""
 WITH changed AS (
     UPDATE triobus.command
     SET status = {literal(CommandStatus.COMPLETED)}, result = %(result)s::jsonb,
-        lease_token = NULL, updated_at = now()
+        lease_token = NULL, finished_at = now(), updated_at = now()
     WHERE {_IN_SCOPE}
     RETURNING domain, command_id, batch_id, status, reply_to, correlation_id, result
 ), audit AS (

@@ -33,16 +33,19 @@ async def queue_pool(triobus_dsn: str) -> AsyncIterator[ConnectionPool]:
         yield pool
 
 
-# The statements README.md documents, for roles named producer, worker and operator.
+# The statements README.md documents, for roles named producer, worker, operator and
+# maintainer.
 GRANTS = """
-GRANT USAGE ON SCHEMA triobus TO {producer}, {worker}, {operator};
-GRANT SELECT ON triobus.schema_version TO {producer}, {worker}, {operator};
+GRANT USAGE ON SCHEMA triobus TO {producer}, {worker}, {operator}, {maintainer};
+GRANT SELECT ON triobus.schema_version TO {producer}, {worker}, {operator}, {maintainer};
 GRANT SELECT, INSERT ON triobus.command, triobus.batch, triobus.audit TO {producer};
 GRANT UPDATE ON triobus.batch TO {producer};
 GRANT SELECT, DELETE ON triobus.reply TO {producer};
 GRANT SELECT, INSERT, UPDATE ON triobus.command TO {worker}, {operator};
 GRANT SELECT, UPDATE ON triobus.batch TO {worker}, {operator};
 GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
+GRANT SELECT, DELETE ON triobus.command, triobus.batch, triobus.audit, triobus.reply
+    TO {maintainer};
 """
 
 
@@ -50,7 +53,8 @@ GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
 async def role_dsns(triobus_dsn: str) -> AsyncIterator[dict[str, str]]:
     """DSNs of three fresh login roles holding exactly `GRANTS` on the test database."""
     suffix = uuid.uuid4().hex[:8]
-    roles = {kind: f"triobus_{kind}_{suffix}" for kind in ("producer", "worker", "operator")}
+    kinds = ("producer", "worker", "operator", "maintainer")
+    roles = {kind: f"triobus_{kind}_{suffix}" for kind in kinds}
     admin = await connect(triobus_dsn)
     try:
         for role in roles.values():  # generated names: constants and hex only

@@ -59,7 +59,8 @@ async def test_reconciliation_delivers_a_completion_whose_notification_was_lost(
         try:
             async with conn.transaction():
                 await conn.execute(
-                    "UPDATE triobus.command SET status = 'COMPLETED' WHERE command_id = %s",
+                    "UPDATE triobus.command SET status = 'COMPLETED', finished_at = now()"
+                    " WHERE command_id = %s",
                     (batch[0].command_id,),
                 )
                 await conn.execute(

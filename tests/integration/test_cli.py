@@ -195,6 +195,11 @@ async def test_command_show_prints_long_errors_and_details_whole(
         (("worker", "--app", "nowhere.module:registry", "--domain", "d"), 2, "cannot load"),
         (("worker", "--app", "a.b:registry", "--domain", "d=many"), 2, "expected DOMAIN"),
         (("worker", "--app", "a.b:registry", "--domain", "d", "--backoff", "1,x"), 2, "commas"),
+        (
+            ("worker", "--app", "a.b:registry", "--domain", "d", "--retention", "a week"),
+            2,
+            "'a week' is not a duration",
+        ),
     ],
 )
 async def test_expected_errors_are_one_line_with_a_status(
@@ -316,6 +321,38 @@ async def test_batch_cancel_retry_close_and_the_follow_ups_batch_show_lists(
     assert "0/0 100%" in watched.stdout and "COMPLETED" in watched.stdout
     usage = await cli("batch", "cancel", "d", str(open_batch), dsn=triobus_dsn)
     assert usage.returncode == 2 and "--reason" in usage.stderr
+
+
+async def test_prune_counts_in_a_dry_run_then_removes_what_is_old(
+    triobus_runtime: Runtime, triobus_dsn: str
+) -> None:
+    old = await triobus_runtime.bus.send("d", "T", uuid.uuid4(), {})
+    await triobus_runtime.bus.send("d", "T", uuid.uuid4(), {})  # pending: never pruned
+    async with triobus_runtime.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE triobus.command SET status = 'CANCELED',"
+            " finished_at = now() - interval '2 days' WHERE command_id = %s",
+            (old.command_id,),
+        )
+    dry = await cli("prune", "--older-than", "1d", "--dry-run", "--json", dsn=triobus_dsn)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) == {
+        "dry_run": True,
+        "removed": [
+            {"domain": "d", "commands": 1, "batches": 0, "audit_rows": 1, "replies": 0},
+            {"domain": "(replies)", "commands": 0, "batches": 0, "audit_rows": 0, "replies": 0},
+        ],
+    }
+    kept = await cli("prune", dsn=triobus_dsn)  # the default: older than 7 days
+    assert kept.stdout.splitlines()[:3] == [
+        "removed:",
+        "DOMAIN     COMMANDS  BATCHES  AUDIT_ROWS  REPLIES",
+        "d          0         0        0           0",
+    ]
+    removed = await cli("prune", "--older-than", "36h", "--domain", "d", dsn=triobus_dsn)
+    assert removed.stdout.splitlines()[2].split() == ["d", "1", "0", "1", "0"]
+    assert await triobus_runtime.bus.get_command("d", old.command_id) is None
+    assert len(await triobus_runtime.bus.query_commands()) == 1
 
 
 async def test_migrate_says_the_version_it_leaves(

@@ -20,6 +20,7 @@ from triobus.actors import (
     PermanentCommandError,
     open_runtime,
 )
+from triobus.actors.maintenance import Pruner, RetentionPolicy
 from triobus.persistence.driver import connect
 from triobus.persistence.errors import SchemaError
 
@@ -95,6 +96,17 @@ async def test_producer_worker_and_operator_roles_suffice(
             await operator.bus.ack_replies("q", [1])
         with pytest.raises(DatabaseError, match="permission denied"):
             await worker.bus.create_batch("d", [BatchCommand("Work", uuid.uuid4(), {})])
+
+    # the maintainer prunes what is finished (whole batches too), and can do nothing else
+    async with open_runtime(role_dsns["maintainer"], migrate=False, retention=None) as keeper:
+        everything = RetentionPolicy(commands=1e-6, replies=1e-6)
+        report = await Pruner(keeper.pool, everything).prune(wait=True)
+        assert report.total.commands == 8 and report.total.batches == 3
+        assert report.total.replies == 0  # acknowledged, so deleted already
+        with pytest.raises(DatabaseError, match="permission denied"):
+            await keeper.bus.send("d", "Work", uuid.uuid4(), {})
+        with pytest.raises(DatabaseError, match="permission denied"):
+            await keeper.tsq.retry_all("d")
 
 
 async def test_a_role_that_may_not_migrate_is_told_to_start_without_migrating(

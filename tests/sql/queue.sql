@@ -17,6 +17,12 @@ WITH r AS (
             WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
               AND cb.canceled_at IS NOT NULL))
                       THEN 'CANCELED' ELSE r.status END,
+        finished_at = CASE WHEN r.status IN ('COMPLETED', 'FAILED', 'CANCELED') THEN now()
+                           WHEN r.status IN ('PENDING', 'IN_TROUBLESHOOTING_QUEUE')
+                                AND (c.batch_id IS NOT NULL AND EXISTS (
+            SELECT FROM triobus.batch cb
+            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
+              AND cb.canceled_at IS NOT NULL)) THEN now() END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
         error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
@@ -324,7 +330,7 @@ FROM claimed ORDER BY visible_at, command_id;
 WITH acked AS (
     UPDATE triobus.command c
     SET status = 'COMPLETED', result = %(result)s::jsonb, lease_token = NULL,
-        updated_at = now()
+        finished_at = now(), updated_at = now()
     WHERE c.domain = %(domain)s AND c.command_id = %(command_id)s
       AND c.lease_token = %(lease_token)s
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
@@ -492,6 +498,10 @@ WITH mine AS (
             WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
               AND cb.canceled_at IS NOT NULL)) THEN 'CANCELED'
                       ELSE 'PENDING' END,
+        finished_at = CASE WHEN (c.batch_id IS NOT NULL AND EXISTS (
+            SELECT FROM triobus.batch cb
+            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
+              AND cb.canceled_at IS NOT NULL)) THEN now() END,
         visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
     FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id

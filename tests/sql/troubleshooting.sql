@@ -3,7 +3,8 @@
 -- name: CANCEL_FROM_TSQ
 WITH changed AS (
     UPDATE triobus.command
-    SET status = 'CANCELED', lease_token = NULL, updated_at = now()
+    SET status = 'CANCELED', lease_token = NULL, finished_at = now(),
+        updated_at = now()
     WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)
@@ -137,7 +138,7 @@ LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
 WITH changed AS (
     UPDATE triobus.command
     SET status = 'COMPLETED', result = %(result)s::jsonb,
-        lease_token = NULL, updated_at = now()
+        lease_token = NULL, finished_at = now(), updated_at = now()
     WHERE domain = %(domain)s AND status = 'IN_TROUBLESHOOTING_QUEUE'
       AND (%(command_id)s::uuid IS NULL OR command_id = %(command_id)s::uuid)
       AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s::text)

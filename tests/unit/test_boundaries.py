@@ -29,6 +29,7 @@ TRIO_FREE = (
     "queue",
     "records",
     "replies",
+    "retention",
     "schema",
     "troubleshooting",
     "validation",

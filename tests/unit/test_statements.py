@@ -19,16 +19,28 @@ import pytest
 
 from triobus.persistence import (
     audit,
+    batch_operations,
     batches,
     commands,
     queue,
     replies,
+    retention,
     schema,
     troubleshooting,
 )
 
 GOLDEN = Path(__file__).parent.parent / "sql"
-MODULES = (audit, batches, commands, queue, replies, schema, troubleshooting)
+MODULES = (
+    audit,
+    batch_operations,
+    batches,
+    commands,
+    queue,
+    replies,
+    retention,
+    schema,
+    troubleshooting,
+)
 VERBS = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "COPY", "CREATE")
 
 

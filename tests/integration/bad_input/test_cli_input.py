@@ -101,6 +101,13 @@ CLI_CASES = [
         id="batch_close-closed",
     ),
     pytest.param(
+        ("prune", "--older-than", "soon"), 2, "is not a duration", id="prune-older_than-text"
+    ),
+    pytest.param(
+        ("prune", "--older-than=-1d"), 2, "of zero or more", id="prune-older_than-negative"
+    ),
+    pytest.param(("prune", "--domain", "a b"), 1, "may only contain", id="prune-domain"),
+    pytest.param(
         ("command", "show", "d", "x;y"), 1, "command_id must be a UUID", id="command_show-uuid"
     ),
     pytest.param(
