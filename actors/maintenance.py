@@ -203,7 +203,7 @@ class Pruner:
                     await self._lock(conn, wait)
                     await conn.execute(
                         "SELECT set_config('statement_timeout', %s, true)",
-                        (f"{int(self._statement_timeout * 1000)}ms",),
+                        (f"{max(1, int(self._statement_timeout * 1000))}ms",),  # 0: none
                     )
                     return await chunk(conn, limit), limit
             except DatabaseError as ex:

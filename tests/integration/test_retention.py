@@ -15,6 +15,7 @@ from tests.integration.batch_work import commands, register_work
 from triobus.actors import BatchCommand, FollowUpCommand, Runtime, open_runtime
 from triobus.actors.maintenance import PRUNE_LOCK_KEY, PruneLockTaken, Pruner, RetentionPolicy
 from triobus.persistence.driver import connect
+from triobus.persistence.errors import DatabaseError
 from triobus.persistence.retention import Removed
 
 DAY = 86_400.0
@@ -252,3 +253,39 @@ def test_a_bad_retention_is_refused() -> None:
         RetentionPolicy(by_domain={"a b": 1.0})
     with pytest.raises(ValueError, match="by_domain must be a mapping"):
         RetentionPolicy(by_domain=[("d", 1.0)])
+
+
+async def test_a_chunk_that_times_out_is_halved_then_the_error_is_raised(
+    triobus_runtime: Runtime, triobus_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk blocked past the statement timeout (here by a row lock the test holds on
+    the oldest finished command) is retried at half the size, down to MIN_CHUNK; then the
+    timeout is raised, and nothing was removed."""
+    runtime = triobus_runtime
+    await register_work(runtime)
+    await work_through(runtime, "ok", "ok", "ok", reply=False)
+    await age(triobus_dsn, 10)
+    oldest = (await runtime.bus.query_commands(limit=1000))[-1]
+    caplog.set_level(logging.INFO, logger="triobus.actors.maintenance")
+    holder = await connect(triobus_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM triobus.command WHERE command_id = %s FOR UPDATE",
+                (oldest.command_id,),
+            )
+            pruner = Pruner(
+                runtime.pool, RetentionPolicy(replies=None), chunk=40, statement_timeout=0.2
+            )
+            with pytest.raises(DatabaseError) as raised:
+                await pruner.prune()
+        assert raised.value.sqlstate == "57014"
+        halved = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+        assert halved == [
+            "a prune chunk timed out: 20 rows per statement now",
+            "a prune chunk timed out: 10 rows per statement now",
+        ]
+        assert len(await runtime.bus.query_commands()) == 3
+    finally:
+        await holder.close()
+    assert (await pruner.prune()).total.commands == 3  # the lock gone, all goes
