@@ -21,6 +21,9 @@ running benchmarks/worker_process.py. Scenarios:
 * create_batch: 100,000 commands, seconds and the creating process's peak RSS;
 * batches: cancel_batch of a 100,000-command batch (seconds), and a batch of 20,000 no-op
   commands with its three follow-up commands against one without, same-round A/B;
+* history (--long): a batch of 20,000 no-op commands (1 x 64) with 0, 1M and 5M finished
+  commands (six audit rows each) already stored: commands/s, and the claim's and ack's
+  server time;
 * memory (--long): worker RSS at start, after 100k and after 1M commands;
 * peers: the throughput scenario's 20,000 no-op jobs, processing phase only (enqueued
   first; timed from telling the idle, connected worker processes to start until all are
@@ -29,7 +32,7 @@ running benchmarks/worker_process.py. Scenarios:
   triobus itself measured the same way, and the pgbench ceiling for the equivalent SQL.
 
 Scenario names for --only: throughput, transactional, cost, latency, callback, sends,
-create_batch, batches, memory, peers.
+create_batch, batches, history, memory, peers.
 """
 
 from __future__ import annotations
@@ -146,6 +149,43 @@ async def worker_rss(process: trio.Process) -> int:
     assert process.stdin is not None
     await process.stdin.send_all(b"rss\n")
     return int((await read_line(process)).split()[1])
+
+
+HISTORY_CHUNK = 500_000
+AUDIT_PER_COMMAND = ("SENT", "RECEIVED", "RETRY_SCHEDULED", "RECEIVED", "COMPLETED", "SENT")
+
+
+async def fill_history(dsn: str, size: int) -> None:
+    """`size` COMPLETED commands of domain "bench", finished a day ago, with six audit rows
+    each, written in SQL in chunks; then VACUUM ANALYZE."""
+    conn = await connect(dsn)
+    try:
+        for start in range(0, size, HISTORY_CHUNK):
+            n = min(HISTORY_CHUNK, size - start)
+            await conn.execute(
+                "WITH made AS ("
+                " INSERT INTO triobus.command (domain, command_id, command_type, status, data,"
+                "  correlation_id, attempts, result, created_at, updated_at, finished_at)"
+                " SELECT 'bench', gen_random_uuid(), 'Noop', 'COMPLETED', '{}'::jsonb,"
+                "  gen_random_uuid(), 2, '{}'::jsonb, now() - interval '1 day',"
+                "  now() - interval '1 day', now() - interval '1 day'"
+                " FROM generate_series(1, %s)"
+                " RETURNING command_id)"
+                " INSERT INTO triobus.audit (domain, subject_id, event_type, details)"
+                " SELECT 'bench', m.command_id, e.event_type, '{\"attempt\": 1}'::jsonb"
+                " FROM made m CROSS JOIN unnest(%s::text[]) AS e(event_type)",
+                (n, list(AUDIT_PER_COMMAND)),
+            )
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+def _mean_ms(timings: Sequence[Any], prefix: str) -> float:
+    """Mean server time (ms) of the statements whose text starts with `prefix`."""
+    matching = [t for t in timings if t["query"].lstrip().startswith(prefix)]
+    calls = sum(int(t["calls"]) for t in matching)
+    return sum(float(t["total_exec_time"]) for t in matching) / calls if calls else 0.0
 
 
 def noop_batch(count: int) -> list[BatchCommand]:
@@ -603,14 +643,21 @@ class Bench:
         )
 
     async def _batch_rate(self, count: int, concurrency: int, follow_ups: bool) -> float:
+        async with self.database() as dsn:
+            return await self._batch_rate_on(dsn, count, concurrency, follow_ups)
+
+    async def _batch_rate_on(
+        self, dsn: str, count: int, concurrency: int, follow_ups: bool = False
+    ) -> float:
+        """Commands/s of one gated worker process on a batch of `count` no-op commands,
+        timed from "go" until the batch is complete."""
         report = (
             FollowUpCommand(domain="reports", command_type="Report", data={"to": "ops"})
             if follow_ups
             else None
         )
         async with (
-            self.database() as dsn,
-            open_runtime(dsn, migrate=False) as runtime,
+            open_runtime(dsn, migrate=False, retention=None) as runtime,
             worker_processes(dsn, "bench", 1, concurrency, gated=True) as processes,
         ):
             batch_id = await runtime.bus.create_batch(
@@ -651,6 +698,61 @@ class Bench:
                     [f"after {mark:,} commands", f"{await worker_rss(process) / 2**20:.1f}"]
                 )
         self.section("Memory: worker process RSS (MiB)", ["when", "RSS"], rows)
+
+    async def history(
+        self, sizes: Sequence[int] = (0, 1_000_000, 5_000_000), count: int = 20_000
+    ) -> None:
+        """Throughput and the claim's and ack's server time with the tables holding
+        `sizes` finished commands (and six audit rows each) of the same domain."""
+        rows = []
+        base_rate = None
+        for size in sizes:
+            rates, claim_ms, ack_ms = [], [], []
+            for _ in range(self.runs):
+                async with self.database() as dsn:
+                    await fill_history(dsn, size)
+                    conn = await connect(dsn)
+                    try:
+                        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                        await conn.execute("SELECT pg_stat_statements_reset()")
+                        rates.append(await self._batch_rate_on(dsn, count, 64))
+                        timings = await conn.fetch_all(
+                            "SELECT query, calls, total_exec_time FROM pg_stat_statements"
+                            " WHERE dbid = (SELECT oid FROM pg_database"
+                            "  WHERE datname = current_database())"
+                        )
+                    finally:
+                        await conn.close()
+                    claim_ms.append(_mean_ms(timings, "WITH candidates AS"))
+                    ack_ms.append(_mean_ms(timings, "WITH r AS"))
+            median = statistics.median(rates)
+            base_rate = base_rate or median
+            rows.append(
+                [
+                    f"{size:,}",
+                    summary(rates),
+                    f"{100 * median / base_rate:.0f}%",
+                    summary(claim_ms, 3),
+                    summary(ack_ms, 3),
+                ]
+            )
+        self.section(
+            f"History: {count:,} no-op commands (1 x 64) with finished commands already stored",
+            [
+                "finished commands stored (6 audit rows each)",
+                "commands/s",
+                "of the empty tables' rate",
+                "claim, server ms per statement",
+                "ack, server ms per statement",
+            ],
+            rows,
+            "The finished commands (COMPLETED, outside any batch, of the same domain) and their"
+            " audit rows are generated in SQL, then VACUUM ANALYZE; server times are"
+            " pg_stat_statements' mean execution time of the claim and the ack statements"
+            " during the run. The claim reads a partial index of claimable commands only; the"
+            " ack and the inserts write into the primary key and audit indexes, which grow"
+            " with the history.",
+        )
 
     async def peers(self) -> None:
         """PgQueuer, Procrastinate and triobus on the processing phase; the pgbench ceiling.
@@ -986,6 +1088,7 @@ SCENARIOS = (
     "sends",
     "create_batch",
     "batches",
+    "history",
     "memory",
     "peers",
 )
@@ -1017,11 +1120,12 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
             "sends": bench.sends,
             "create_batch": bench.create_batch,
             "batches": bench.batches,
+            "history": bench.history,
             "memory": bench.memory,
             "peers": bench.peers,
         }
         for name, scenario in scenarios.items():
-            if name in only if only else (name != "memory" or long):
+            if name in only if only else (name not in ("memory", "history") or long):
                 await scenario()
     header = [
         "# triobus benchmark results",
@@ -1042,7 +1146,9 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--long", action="store_true", help="also the 1M-command memory run")
+    parser.add_argument(
+        "--long", action="store_true", help="also the memory (1M commands) and history runs"
+    )
     parser.add_argument(
         "--only", default="", help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}"
     )
