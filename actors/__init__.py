@@ -29,6 +29,7 @@ from triobus.actors.handlers import (
     TransientCommandError,
     handler,
 )
+from triobus.actors.maintenance import RetentionPolicy
 from triobus.actors.outcomes import RetryPolicy
 from triobus.actors.runtime import Runtime, RuntimeOptions, RuntimeStatistics, open_runtime
 from triobus.actors.transaction import Transaction
@@ -97,6 +98,7 @@ __all__ = [
     "PermanentCommandError",
     "Reply",
     "ReplyOutcome",
+    "RetentionPolicy",
     "RetryPolicy",
     "Runtime",
     "RuntimeOptions",
