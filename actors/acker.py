@@ -26,7 +26,7 @@ from triobus.persistence.backoff import backoff_delays
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.queue import HandlerResult, Outcome, ack_if_claimed
-from triobus.persistence.records import CommandChange
+from triobus.persistence.records import CommandChange, CommandStatus
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class Acker:
     """Writes one domain's handler results (see the module docstring).
 
     Counters: `ack_batches` (statements), and the written results by outcome:
-    `completed`, `failed` (business rule), `retried`, `moved_to_tsq`; `discarded` counts
-    late results whose lease was lost.
+    `completed`, `failed` (business rule), `retried`, `moved_to_tsq`;
+    `canceled_with_batch` counts retries and TSQ moves that canceled their command
+    instead (its batch was canceled); `discarded` counts late results whose lease was lost.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Acker:
         self.failed = 0
         self.retried = 0
         self.moved_to_tsq = 0
+        self.canceled_with_batch = 0
         self.discarded = 0
 
     async def run(
@@ -97,10 +99,13 @@ class Acker:
         for message in written:
             acked += message.changes
         results = to_write + [m.result for m in written]
-        acked_ids = {a.command_id for a in acked}
+        acked_statuses = {a.command_id: a.status for a in acked}
         self._in_flight.settled(results)
         for result in results:
-            if result.command_id in acked_ids:
+            status = acked_statuses.get(result.command_id)
+            if status is CommandStatus.CANCELED and not result.outcome.status.is_terminal:
+                self._count_canceled_with_batch(result)
+            elif status is not None:
                 self._count(result)
             else:
                 self.discarded += 1
@@ -112,6 +117,17 @@ class Acker:
                 )
         if self._on_acked is not None and acked:
             self._on_acked(acked)
+
+    def _count_canceled_with_batch(self, result: HandlerResult) -> None:
+        """A retry or TSQ move that canceled its command instead: its batch was canceled."""
+        self.canceled_with_batch += 1
+        logger.info(
+            "%s/%s canceled with its batch instead of %s",
+            result.domain,
+            result.command_id,
+            result.outcome.event,
+            extra=_fields(result),
+        )
 
     def _count(self, result: HandlerResult) -> None:
         outcome = result.outcome

@@ -298,13 +298,15 @@ async def _log_statistics(workers: list[Worker], interval: float) -> None:
             s = worker.statistics()
             logger.info(
                 "statistics of %r: claimed %d, completed %d, failed %d, retried %d,"
-                " to the TSQ %d, discarded %d, in flight %d, running %d",
+                " to the TSQ %d, canceled with their batch %d, discarded %d, in flight %d,"
+                " running %d",
                 s.domain,
                 s.claimed,
                 s.completed,
                 s.failed,
                 s.retried,
                 s.moved_to_tsq,
+                s.canceled_with_batch,
                 s.discarded,
                 s.in_flight,
                 s.running,

@@ -139,6 +139,7 @@ class WorkerStatistics:
     failed: int
     retried: int
     moved_to_tsq: int
+    canceled_with_batch: int
     discarded: int
     ack_batches: int
     last_error: str | None
@@ -220,6 +221,7 @@ class Worker:
             failed=acker.failed,
             retried=acker.retried,
             moved_to_tsq=acker.moved_to_tsq,
+            canceled_with_batch=acker.canceled_with_batch,
             discarded=acker.discarded,
             ack_batches=acker.ack_batches,
             last_error=self._last_error,

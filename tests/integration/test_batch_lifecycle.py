@@ -91,7 +91,7 @@ async def test_cancel_ends_every_waiting_member_and_lets_the_running_one_finish(
     later = member("ok", delay=3600.0, reply_to="q")
     members = [done, parked, backing_off, running, later]
     batch_id = await runtime.bus.create_batch("c", members, **FOLLOW_UPS)
-    await runtime.start_worker(
+    worker = await runtime.start_worker(
         "c", poll_interval=0.05, retry_policy=RetryPolicy(max_attempts=5, backoff=(3600.0,))
     )
 
@@ -124,6 +124,10 @@ async def test_cancel_ends_every_waiting_member_and_lets_the_running_one_finish(
     assert [found[str(m.command_id)] for m in members] == [CommandStatus.COMPLETED] + [
         CommandStatus.CANCELED
     ] * 4
+    # the backing-off member's retry counts as one; the running member's, canceled instead,
+    # counts as what it became
+    stats = worker.statistics()
+    assert (stats.retried, stats.canceled_with_batch) == (1, 1)
     trail = await runtime.bus.get_audit_trail(running.command_id, domain="c")
     assert trail[-1].event_type is AuditEventType.CANCELED_WITH_BATCH
     assert trail[-1].details is not None
