@@ -48,10 +48,11 @@ from triobus.persistence.validation import (
     check_limit_offset,
     check_max_payload_bytes,
     check_name,
+    check_operator,
     check_optional_uuid,
+    check_reason,
     check_reply_ids,
     check_seconds,
-    check_text,
     check_uuid,
 )
 
@@ -360,12 +361,8 @@ class CommandBus:
         `InvalidOperationError` if the batch has completed or was canceled already (of
         two concurrent cancels, one wins)."""
         checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
-        checked_reason = check_text("reason", reason, max_length=1000, context=context)
-        checked_operator = (
-            None
-            if operator is None
-            else check_text("operator", operator, max_length=200, context=context)
-        )
+        checked_reason = check_reason(reason, context=context)
+        checked_operator = check_operator(operator, context=context)
         transaction = joined(conn, self._pool, context)
         async with statement_connection(self._pool, transaction) as connection:
             return await batch_operations.cancel_batch(

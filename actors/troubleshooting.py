@@ -40,7 +40,8 @@ from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_limit_offset,
     check_name,
-    check_text,
+    check_operator,
+    check_reason,
     check_uuid,
     encode_payload,
 )
@@ -50,14 +51,6 @@ def _optional_type(command_type: str | None, domain: str) -> str | None:
     if command_type is None:
         return None
     return check_name("command_type", command_type, context=f"domain {domain!r}")
-
-
-def _optional_operator(operator: str | None, context: str) -> str | None:
-    return (
-        None
-        if operator is None
-        else check_text("operator", operator, max_length=200, context=context)
-    )
 
 
 class TroubleshootingQueue:
@@ -121,7 +114,7 @@ class TroubleshootingQueue:
             OperatorAction.RETRY,
             checked_domain,
             checked_id,
-            operator=_optional_operator(operator, context),
+            operator=check_operator(operator, context=context),
             data_json=data_json,
             conn=joined(conn, self._pool, context),
         )
@@ -141,8 +134,8 @@ class TroubleshootingQueue:
             OperatorAction.CANCEL,
             checked_domain,
             checked_id,
-            operator=_optional_operator(operator, context),
-            reason=check_text("reason", reason, max_length=1000, context=context),
+            operator=check_operator(operator, context=context),
+            reason=check_reason(reason, context=context),
             conn=joined(conn, self._pool, context),
         )
 
@@ -162,7 +155,7 @@ class TroubleshootingQueue:
             OperatorAction.COMPLETE,
             checked_domain,
             checked_id,
-            operator=_optional_operator(operator, context),
+            operator=check_operator(operator, context=context),
             result_json=result_json,
             conn=joined(conn, self._pool, context),
         )
@@ -182,7 +175,7 @@ class TroubleshootingQueue:
             OperatorAction.RETRY,
             checked_domain,
             _optional_type(command_type, checked_domain),
-            operator=_optional_operator(operator, context),
+            operator=check_operator(operator, context=context),
             conn=joined(conn, self._pool, context),
         )
 
@@ -202,8 +195,8 @@ class TroubleshootingQueue:
             OperatorAction.CANCEL,
             checked_domain,
             _optional_type(command_type, checked_domain),
-            operator=_optional_operator(operator, context),
-            reason=check_text("reason", reason, max_length=1000, context=context),
+            operator=check_operator(operator, context=context),
+            reason=check_reason(reason, context=context),
             conn=joined(conn, self._pool, context),
         )
 
@@ -219,7 +212,7 @@ class TroubleshootingQueue:
         OPERATOR_RETRY event each); returns the count. Raises `BatchNotFoundError`, or
         `InvalidOperationError` for a canceled batch."""
         checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
-        checked_operator = _optional_operator(operator, context)
+        checked_operator = check_operator(operator, context=context)
         transaction = joined(conn, self._pool, context)
         async with (
             statement_connection(self._pool, transaction) as connection,

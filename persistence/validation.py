@@ -76,6 +76,20 @@ def check_text(kind: str, value: object, *, max_length: int, context: str) -> st
     return text
 
 
+def check_operator(operator: object, *, context: str) -> str | None:
+    """Who acts, as the audit trail records it (None: not said)."""
+    return (
+        None
+        if operator is None
+        else check_text("operator", operator, max_length=200, context=context)
+    )
+
+
+def check_reason(reason: object, *, context: str) -> str:
+    """Why an operator cancels, as the audit trail and the reply record it."""
+    return check_text("reason", reason, max_length=1000, context=context)
+
+
 def check_enum(kind: str, enum_type: type[E], value: object, *, context: str = "") -> E:
     """A member of `enum_type`, or its value."""
     if isinstance(value, str):
