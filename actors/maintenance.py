@@ -12,10 +12,10 @@ and acks never queue behind it for long.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import Any
 
 import attrs
 import trio
@@ -158,45 +158,45 @@ class Pruner:
         return PruneReport(removed=MappingProxyType(removed), replies=replies, dry_run=dry_run)
 
     async def _prune_domain(self, domain: str, older_than: float, wait: bool) -> Removed:
-        total = Removed()
-        for prune, size in (
-            (retention.prune_batches, self._batch_chunk),
-            (retention.prune_commands, self._chunk),
-        ):
-            while True:
-
-                async def chunk(conn: Connection, limit: int, prune: Any = prune) -> Removed:
-                    removed: Removed = await prune(conn, domain, older_than=older_than, limit=limit)
-                    return removed
-
-                removed, limit = await self._in_chunks(chunk, size, wait)
-                total = total + removed
-                done = removed.batches if prune is retention.prune_batches else removed.commands
-                if done < limit:
-                    break
-                await trio.sleep(self._pause)
-        return total
+        batches = await self._until_done(
+            functools.partial(retention.prune_batches, domain=domain, older_than=older_than),
+            self._batch_chunk,
+            wait,
+            counted=lambda removed: removed.batches,
+        )
+        commands = await self._until_done(
+            functools.partial(retention.prune_commands, domain=domain, older_than=older_than),
+            self._chunk,
+            wait,
+            counted=lambda removed: removed.commands,
+        )
+        return batches + commands
 
     async def _prune_replies(self, older_than: float, dry_run: bool, wait: bool) -> int:
         if dry_run:
             async with self._pool.connection() as conn:
                 return await retention.count_old_replies(conn, older_than=older_than)
-        total = 0
-        while True:
+        removed = await self._until_done(
+            functools.partial(retention.prune_replies, older_than=older_than),
+            self._chunk,
+            wait,
+            counted=lambda removed: removed.replies,
+        )
+        return removed.replies
 
-            async def chunk(conn: Connection, limit: int) -> int:
-                return await retention.prune_replies(conn, older_than=older_than, limit=limit)
-
-            removed, limit = await self._in_chunks(chunk, self._chunk, wait)
-            total += int(removed)
-            if removed < limit:
-                return total
-            await trio.sleep(self._pause)
-
-    async def _in_chunks(self, chunk: Any, size: int, wait: bool) -> tuple[Any, int]:
-        """Run `chunk(conn, limit)` in a transaction holding the prune lock, under the
-        statement timeout; halve the limit after each timeout. Returns (result, limit)."""
-        limit = size
+    async def _until_done(
+        self,
+        prune: Callable[..., Awaitable[Removed]],
+        size: int,
+        wait: bool,
+        *,
+        counted: Callable[[Removed], int],
+    ) -> Removed:
+        """Run chunks `prune(conn, limit=...)`, each in a transaction holding the prune lock
+        and under the statement timeout, until one removes fewer than its limit (`counted`
+        says how many it removed). After a timeout the limit halves, for the chunks after
+        it too."""
+        total, limit = Removed(), size
         while True:
             try:
                 async with self._pool.connection() as conn, conn.transaction():
@@ -205,12 +205,17 @@ class Pruner:
                         "SELECT set_config('statement_timeout', %s, true)",
                         (f"{max(1, int(self._statement_timeout * 1000))}ms",),  # 0: none
                     )
-                    return await chunk(conn, limit), limit
+                    removed = await prune(conn, limit=limit)
             except DatabaseError as ex:
                 if ex.sqlstate != QUERY_CANCELED or limit <= MIN_CHUNK:
                     raise
                 limit = max(MIN_CHUNK, limit // 2)
                 logger.info("a prune chunk timed out: %d rows per statement now", limit)
+                continue
+            total = total + removed
+            if counted(removed) < limit:
+                return total
+            await trio.sleep(self._pause)
 
     @staticmethod
     async def _lock(conn: Connection, wait: bool) -> None:

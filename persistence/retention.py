@@ -30,20 +30,21 @@ from triobus.persistence.connection import Connection
 from triobus.persistence.literals import literal_list
 from triobus.persistence.records import AuditEventType
 
-# Every domain with commands or batches, through the leading column of their indexes
-# (one index probe per domain, not a scan of the table).
-SELECT_DOMAINS = """
-WITH RECURSIVE command_domains(domain) AS (
-    SELECT min(domain) FROM triobus.command
+
+def _domains_of(table: str) -> str:
+    """A recursive CTE `{table}_domains` walking the distinct domains of `table` (one of
+    ours, a constant) up the leading column of an index, one probe per domain."""
+    return f"""{table}_domains(domain) AS (
+    SELECT min(domain) FROM triobus.{table}
     UNION ALL
-    SELECT (SELECT min(domain) FROM triobus.command c WHERE c.domain > d.domain)
-    FROM command_domains d WHERE d.domain IS NOT NULL
-), batch_domains(domain) AS (
-    SELECT min(domain) FROM triobus.batch
-    UNION ALL
-    SELECT (SELECT min(domain) FROM triobus.batch b WHERE b.domain > d.domain)
-    FROM batch_domains d WHERE d.domain IS NOT NULL
-)
+    SELECT (SELECT min(domain) FROM triobus.{table} t WHERE t.domain > d.domain)
+    FROM {table}_domains d WHERE d.domain IS NOT NULL
+)"""
+
+
+# Every domain with commands or batches (not a scan of either table).
+SELECT_DOMAINS = f"""
+WITH RECURSIVE {_domains_of("command")}, {_domains_of("batch")}
 SELECT domain FROM command_domains WHERE domain IS NOT NULL
 UNION
 SELECT domain FROM batch_domains WHERE domain IS NOT NULL
@@ -222,11 +223,11 @@ async def count_prunable(
     return _removed(row)
 
 
-async def prune_replies(conn: Connection, *, older_than: float, limit: int) -> int:
+async def prune_replies(conn: Connection, *, older_than: float, limit: int) -> Removed:
     """Remove up to `limit` unacknowledged replies created before the cutoff, oldest first."""
     row = await conn.fetch_one(PRUNE_REPLIES, {"older_than": older_than, "limit": limit})
     assert row is not None
-    return int(row["replies"])
+    return Removed(replies=int(row["replies"]))
 
 
 async def count_old_replies(conn: Connection, *, older_than: float) -> int:

@@ -106,12 +106,12 @@ SELECT count(*) AS replies FROM gone;
 WITH RECURSIVE command_domains(domain) AS (
     SELECT min(domain) FROM triobus.command
     UNION ALL
-    SELECT (SELECT min(domain) FROM triobus.command c WHERE c.domain > d.domain)
+    SELECT (SELECT min(domain) FROM triobus.command t WHERE t.domain > d.domain)
     FROM command_domains d WHERE d.domain IS NOT NULL
 ), batch_domains(domain) AS (
     SELECT min(domain) FROM triobus.batch
     UNION ALL
-    SELECT (SELECT min(domain) FROM triobus.batch b WHERE b.domain > d.domain)
+    SELECT (SELECT min(domain) FROM triobus.batch t WHERE t.domain > d.domain)
     FROM batch_domains d WHERE d.domain IS NOT NULL
 )
 SELECT domain FROM command_domains WHERE domain IS NOT NULL
