@@ -193,12 +193,13 @@ def cancel_lock_key_sql(domain: str, batch_id: str) -> str:
     return f"{CANCEL_LOCK_CLASS}, hashtext({domain} || ':' || {batch_id}::text)"
 
 
-def of_canceled_batch(command: str) -> str:
-    """An SQL condition: the command (a row alias) is a member of a canceled batch. Read
-    under the batch's shared cancel lock (see `CANCEL_LOCK_CLASS`)."""
-    return f"""({command}.batch_id IS NOT NULL AND EXISTS (
+def of_canceled_batch(member: str) -> str:
+    """An SQL condition: the row alias `member` (with a command's `domain` and `batch_id`)
+    is of a canceled batch. Read under the batch's shared cancel lock (see
+    `CANCEL_LOCK_CLASS`)."""
+    return f"""({member}.batch_id IS NOT NULL AND EXISTS (
             SELECT FROM triobus.batch cb
-            WHERE cb.domain = {command}.domain AND cb.batch_id = {command}.batch_id
+            WHERE cb.domain = {member}.domain AND cb.batch_id = {member}.batch_id
               AND cb.canceled_at IS NOT NULL))"""
 
 

@@ -127,7 +127,7 @@ FROM (
 # result, or a claimer that took an expired lease): they never wait, so never deadlock.
 _HELD_BY_THESE_LEASES = """
 WITH mine AS (
-    SELECT domain, command_id FROM triobus.command
+    SELECT domain, command_id, batch_id FROM triobus.command
     WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
       AND lease_token = ANY(%(lease_tokens)s)
     FOR UPDATE SKIP LOCKED
@@ -139,13 +139,16 @@ SET visible_at = now() + make_interval(secs => %(visibility_timeout)s)
 FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
 """
 
-RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}, released AS (
+RELEASE_IF_CLAIMED = f"""{_HELD_BY_THESE_LEASES}, decided AS (
+    SELECT mine.*, CASE WHEN {of_canceled_batch("mine")} THEN {_CANCELED_SQL}
+                        ELSE {_PENDING_SQL} END AS new_status
+    FROM mine
+), released AS (
     UPDATE triobus.command c
-    SET status = CASE WHEN {of_canceled_batch("c")} THEN {_CANCELED_SQL}
-                      ELSE {_PENDING_SQL} END,
-        finished_at = CASE WHEN {of_canceled_batch("c")} THEN now() END,
+    SET status = d.new_status,
+        finished_at = CASE WHEN d.new_status = {_CANCELED_SQL} THEN now() END,
         visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
-    FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
+    FROM decided d WHERE c.domain = d.domain AND c.command_id = d.command_id
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
@@ -183,19 +186,20 @@ ACK_IF_CLAIMED = f"""
 WITH r AS (
     SELECT * FROM unnest(
         %(domain)b::text[], %(command_id)b::uuid[], %(lease_token)b::uuid[],
-        %(status)b::text[], %(event)b::text[], %(retry_delay)b::float8[], %(result)b::text[],
-        %(error_type)b::text[], %(error_code)b::text[], %(error_message)b::text[],
-        %(error_details)b::text[])
-    AS r(domain, command_id, lease_token, status, event, retry_delay, result,
+        %(batch_id)b::uuid[], %(status)b::text[], %(event)b::text[],
+        %(retry_delay)b::float8[], %(result)b::text[], %(error_type)b::text[],
+        %(error_code)b::text[], %(error_message)b::text[], %(error_details)b::text[])
+    AS r(domain, command_id, lease_token, batch_id, status, event, retry_delay, result,
          error_type, error_code, error_message, error_details)
+), decided AS (
+    SELECT r.*, CASE WHEN r.status IN ({_PENDING_SQL}, {_IN_TSQ_SQL})
+                          AND {of_canceled_batch("r")}
+                     THEN {_CANCELED_SQL} ELSE r.status END AS new_status
+    FROM r
 ), acked AS (
     UPDATE triobus.command c
-    SET status = CASE WHEN r.status IN ({_PENDING_SQL}, {_IN_TSQ_SQL})
-                           AND {of_canceled_batch("c")}
-                      THEN {_CANCELED_SQL} ELSE r.status END,
-        finished_at = CASE WHEN r.status IN {_TERMINAL_SQL} THEN now()
-                           WHEN r.status IN ({_PENDING_SQL}, {_IN_TSQ_SQL})
-                                AND {of_canceled_batch("c")} THEN now() END,
+    SET status = r.new_status,
+        finished_at = CASE WHEN r.new_status IN {_TERMINAL_SQL} THEN now() END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
         error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
@@ -209,7 +213,7 @@ WITH r AS (
                           ELSE c.visible_at END,
         lease_token = NULL,
         updated_at = now()
-    FROM r
+    FROM decided r
     WHERE c.domain = r.domain AND c.command_id = r.command_id
       AND c.lease_token = r.lease_token
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
@@ -323,8 +327,8 @@ _STATUS_AFTER = MappingProxyType(
 class HandlerResult:
     """The result of one handler run, to acknowledge under the claim's lease token.
     `result_json` and `error_details_json` are already encoded; `batch_id` is the
-    command's batch, as claimed (an ack that would leave a member waiting takes its
-    batch's cancel lock first)."""
+    command's batch, as claimed: an ack that would leave a member waiting takes its
+    batch's cancel lock first, and cancels the member instead if the batch was canceled."""
 
     domain: str
     command_id: UUID
@@ -461,6 +465,7 @@ def _ack_params(results: Sequence[HandlerResult]) -> dict[str, Any]:
         "domain": [r.domain for r in results],
         "command_id": [r.command_id for r in results],
         "lease_token": [r.lease_token for r in results],
+        "batch_id": [r.batch_id for r in results],
         "status": [r.outcome.status for r in results],
         "event": [r.outcome.event for r in results],
         "retry_delay": [r.retry_delay for r in results],

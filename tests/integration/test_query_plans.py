@@ -82,6 +82,7 @@ async def test_lease_guarded_writes_find_commands_by_primary_key(
         "command_ids": ids,
         "lease_token": ids,
         "lease_tokens": ids,
+        "batch_id": [None] * 8,
         "status": ["COMPLETED"] * 8,
         "event": ["COMPLETED"] * 8,
         "retry_delay": [None] * 8,

@@ -4,25 +4,23 @@
 WITH r AS (
     SELECT * FROM unnest(
         %(domain)b::text[], %(command_id)b::uuid[], %(lease_token)b::uuid[],
-        %(status)b::text[], %(event)b::text[], %(retry_delay)b::float8[], %(result)b::text[],
-        %(error_type)b::text[], %(error_code)b::text[], %(error_message)b::text[],
-        %(error_details)b::text[])
-    AS r(domain, command_id, lease_token, status, event, retry_delay, result,
+        %(batch_id)b::uuid[], %(status)b::text[], %(event)b::text[],
+        %(retry_delay)b::float8[], %(result)b::text[], %(error_type)b::text[],
+        %(error_code)b::text[], %(error_message)b::text[], %(error_details)b::text[])
+    AS r(domain, command_id, lease_token, batch_id, status, event, retry_delay, result,
          error_type, error_code, error_message, error_details)
+), decided AS (
+    SELECT r.*, CASE WHEN r.status IN ('PENDING', 'IN_TROUBLESHOOTING_QUEUE')
+                          AND (r.batch_id IS NOT NULL AND EXISTS (
+            SELECT FROM triobus.batch cb
+            WHERE cb.domain = r.domain AND cb.batch_id = r.batch_id
+              AND cb.canceled_at IS NOT NULL))
+                     THEN 'CANCELED' ELSE r.status END AS new_status
+    FROM r
 ), acked AS (
     UPDATE triobus.command c
-    SET status = CASE WHEN r.status IN ('PENDING', 'IN_TROUBLESHOOTING_QUEUE')
-                           AND (c.batch_id IS NOT NULL AND EXISTS (
-            SELECT FROM triobus.batch cb
-            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
-              AND cb.canceled_at IS NOT NULL))
-                      THEN 'CANCELED' ELSE r.status END,
-        finished_at = CASE WHEN r.status IN ('COMPLETED', 'FAILED', 'CANCELED') THEN now()
-                           WHEN r.status IN ('PENDING', 'IN_TROUBLESHOOTING_QUEUE')
-                                AND (c.batch_id IS NOT NULL AND EXISTS (
-            SELECT FROM triobus.batch cb
-            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
-              AND cb.canceled_at IS NOT NULL)) THEN now() END,
+    SET status = r.new_status,
+        finished_at = CASE WHEN r.new_status IN ('COMPLETED', 'FAILED', 'CANCELED') THEN now() END,
         result = r.result::jsonb,
         -- a success keeps the last error on the row; the audit trail has them all
         error_type = CASE WHEN r.error_type IS NULL THEN c.error_type ELSE r.error_type END,
@@ -36,7 +34,7 @@ WITH r AS (
                           ELSE c.visible_at END,
         lease_token = NULL,
         updated_at = now()
-    FROM r
+    FROM decided r
     WHERE c.domain = r.domain AND c.command_id = r.command_id
       AND c.lease_token = r.lease_token
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id,
@@ -461,7 +459,7 @@ LEFT JOIN batch_updated bu ON bu.domain = c.domain AND bu.batch_id = c.batch_id;
 
 -- name: EXTEND_LEASES_IF_CLAIMED
 WITH mine AS (
-    SELECT domain, command_id FROM triobus.command
+    SELECT domain, command_id, batch_id FROM triobus.command
     WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
       AND lease_token = ANY(%(lease_tokens)s)
     FOR UPDATE SKIP LOCKED
@@ -487,23 +485,23 @@ FOR UPDATE;
 
 -- name: RELEASE_IF_CLAIMED
 WITH mine AS (
-    SELECT domain, command_id FROM triobus.command
+    SELECT domain, command_id, batch_id FROM triobus.command
     WHERE domain = %(domain)s AND command_id = ANY(%(command_ids)s)
       AND lease_token = ANY(%(lease_tokens)s)
     FOR UPDATE SKIP LOCKED
+), decided AS (
+    SELECT mine.*, CASE WHEN (mine.batch_id IS NOT NULL AND EXISTS (
+            SELECT FROM triobus.batch cb
+            WHERE cb.domain = mine.domain AND cb.batch_id = mine.batch_id
+              AND cb.canceled_at IS NOT NULL)) THEN 'CANCELED'
+                        ELSE 'PENDING' END AS new_status
+    FROM mine
 ), released AS (
     UPDATE triobus.command c
-    SET status = CASE WHEN (c.batch_id IS NOT NULL AND EXISTS (
-            SELECT FROM triobus.batch cb
-            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
-              AND cb.canceled_at IS NOT NULL)) THEN 'CANCELED'
-                      ELSE 'PENDING' END,
-        finished_at = CASE WHEN (c.batch_id IS NOT NULL AND EXISTS (
-            SELECT FROM triobus.batch cb
-            WHERE cb.domain = c.domain AND cb.batch_id = c.batch_id
-              AND cb.canceled_at IS NOT NULL)) THEN now() END,
+    SET status = d.new_status,
+        finished_at = CASE WHEN d.new_status = 'CANCELED' THEN now() END,
         visible_at = now(), lease_token = NULL, attempts = c.attempts - 1, updated_at = now()
-    FROM mine WHERE c.domain = mine.domain AND c.command_id = mine.command_id
+    FROM decided d WHERE c.domain = d.domain AND c.command_id = d.command_id
     RETURNING c.domain, c.command_id, c.status, c.batch_id, c.reply_to, c.correlation_id
 ), audit AS (
     INSERT INTO triobus.audit (domain, subject_id, event_type, details)
