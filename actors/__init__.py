@@ -66,6 +66,7 @@ from triobus.persistence.records import (
     SendResult,
     TroubleshootingItem,
 )
+from triobus.persistence.schedules import ScheduleRecord
 
 __all__ = [
     "AuditEvent",
@@ -103,6 +104,7 @@ __all__ = [
     "Runtime",
     "RuntimeOptions",
     "RuntimeStatistics",
+    "ScheduleRecord",
     "SendResult",
     "Transaction",
     "TransientCommandError",

@@ -1,7 +1,7 @@
 """The `triobus` operator command line.
 
     triobus [--dsn DSN] [--json] migrate | worker | tsq ... | batch ... | command ... |
-                                 stats | prune | replies read
+                                 stats | prune | schedule list | replies read
 
 Every command needs a database: `--dsn`, else `$TRIOBUS_DSN` (the embedded cluster is for
 the demo and tests, not for operators). Output is a table for people, or JSON with
@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -36,10 +37,12 @@ from triobus.actors.cli_common import (
 from triobus.actors.cli_worker import add_worker_arguments, run_worker
 from triobus.actors.maintenance import Pruner, RetentionPolicy
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
+from triobus.persistence.cron import CronTicks
 from triobus.persistence.databases import migrate
 from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
 from triobus.persistence.records import BatchMetadata, CommandStatus
 from triobus.persistence.retention import Removed
+from triobus.persistence.schedules import select_schedules
 from triobus.persistence.schema import available_migrations
 from triobus.persistence.validation import check_dsn, check_name, check_seconds
 
@@ -398,6 +401,35 @@ async def prune(args: argparse.Namespace, runtime: Runtime) -> None:
     _emit(args, rows, PRUNE_COLUMNS)
 
 
+SCHEDULE_COLUMNS = (
+    "name",
+    "domain",
+    "command_type",
+    "cron",
+    "timezone",
+    "last_tick",
+    "next_tick",
+    "version",
+)
+
+
+async def schedule_list(args: argparse.Namespace, runtime: Runtime) -> None:
+    """The schedules declared on this database, with their last tick sent and the next."""
+    async with runtime.pool.connection() as conn:
+        records = await select_schedules(conn)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            **attrs.asdict(record, recurse=False),
+            "next_tick": CronTicks(record.cron, record.timezone).next_after(
+                max(now, record.sent_through)
+            ),
+        }
+        for record in records
+    ]
+    _emit(args, rows, SCHEDULE_COLUMNS)
+
+
 async def replies_read(args: argparse.Namespace, runtime: Runtime) -> None:
     replies = await runtime.bus.read_replies(args.queue, limit=args.limit)
     _emit(args, replies, ("reply_id", "command_id", "outcome", "data", "created_at"))
@@ -552,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "cancel":
             sub.add_argument("--reason", required=True)
+
+    schedule = commands.add_parser("schedule", help="periodic commands").add_subparsers(
+        dest="schedule_command", required=True, metavar="ACTION"
+    )
+    leaf(schedule, "list", "schedules, their last tick sent and the next", schedule_list)
 
     replies = commands.add_parser("replies", help="reply queues").add_subparsers(
         dest="replies_command", required=True, metavar="ACTION"

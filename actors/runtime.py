@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -38,10 +39,12 @@ from triobus.actors.maintenance import (
 )
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
+from triobus.actors.scheduler import DEFAULT_CATCH_UP, Schedule, ScheduleActor, new_schedule
 from triobus.actors.transaction import Transaction, open_transaction
 from triobus.actors.transactional import RESERVED_CONNECTIONS, TransactionSlots
 from triobus.actors.troubleshooting import TroubleshootingQueue
 from triobus.actors.worker import Worker, WorkerOptions, WorkerStatistics
+from triobus.persistence import schedules
 from triobus.persistence.commands import count_runnable
 from triobus.persistence.databases import check_schema_version
 from triobus.persistence.databases import migrate as apply_migrations
@@ -51,6 +54,7 @@ from triobus.persistence.errors import BatchNotFoundError, InvalidOperationError
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
 from triobus.persistence.records import BatchMetadata
+from triobus.persistence.schedules import ScheduleRecord
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_async_callable,
@@ -160,6 +164,7 @@ class Runtime:
         self._nursery = nursery
         self._workers: list[Worker] = []
         self._transactions = TransactionSlots(pool)
+        self._schedules: dict[str, Schedule] = {}
 
     async def start_worker(
         self,
@@ -216,6 +221,78 @@ class Runtime:
         await self._nursery.start(worker.run)
         self._workers.append(worker)
         return worker
+
+    async def schedule(
+        self,
+        name: str,
+        domain: str,
+        command_type: str,
+        cron: str,
+        *,
+        data: dict[str, object] | None = None,
+        timezone: str = "UTC",
+        catch_up: float = DEFAULT_CATCH_UP,
+    ) -> ScheduleRecord:
+        """Send a command of `command_type` to `domain` at every tick of `cron`, from now
+        on, while this runtime runs; returns the schedule as stored.
+
+        `cron` has five fields (minute hour day month weekday), or six with seconds last
+        (``* * * * * */10``: every ten seconds), or is an alias such as ``@daily``; its
+        ticks are in `timezone` (an IANA name). Each tick's command has a command id
+        derived from `name` and the tick, and `data` plus ``"schedule": {"name", "tick"}``
+        (the tick as an ISO 8601 UTC instant). Every runtime declaring `name` sends its
+        ticks, each exactly once across all of them and across restarts, including after
+        retention removed the command. Ticks missed while no runtime ran are sent when one
+        starts if at most `catch_up` seconds late, else skipped with a WARNING line.
+        Declaring a changed definition (cron, timezone, target, data) under a name
+        replaces it from the next tick on, in every runtime. Raises `ValidationError` for
+        a bad definition and `InvalidOperationError` for a different definition under a
+        name this runtime declared already; either writes nothing.
+        """
+        schedule = new_schedule(
+            name,
+            domain,
+            command_type,
+            cron,
+            data=data,
+            timezone=timezone,
+            catch_up=catch_up,
+            max_payload_bytes=self.max_payload_bytes,
+            json_default=self.options.json_default,
+        )
+        declared = self._schedules.get(schedule.name)
+        if declared is not None and declared != schedule:
+            raise InvalidOperationError(
+                f"schedule {schedule.name!r} is declared in this runtime already, as"
+                f" {declared.cron!r} for {declared.domain}/{declared.command_type}; one name"
+                " holds one definition"
+            )
+        self._schedules[schedule.name] = schedule  # before the await: a racing call sees it
+        try:
+            async with self.pool.connection() as conn:
+                record = await schedules.declare_schedule(
+                    conn,
+                    name=schedule.name,
+                    domain=schedule.domain,
+                    command_type=schedule.command_type,
+                    cron=schedule.cron,
+                    timezone=schedule.timezone,
+                    data_json=schedule.data_json,
+                    now=datetime.now(UTC),
+                )
+        except BaseException:
+            if declared is None:
+                del self._schedules[schedule.name]
+            raise
+        if declared is None:
+            actor = ScheduleActor(
+                self.pool,
+                schedule,
+                max_payload_bytes=self.max_payload_bytes,
+                json_default=self.options.json_default,
+            )
+            await self._nursery.start(actor.run)
+        return record
 
     async def drain(
         self,

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
@@ -321,6 +322,40 @@ async def test_batch_cancel_retry_close_and_the_follow_ups_batch_show_lists(
     assert "0/0 100%" in watched.stdout and "COMPLETED" in watched.stdout
     usage = await cli("batch", "cancel", "d", str(open_batch), dsn=triobus_dsn)
     assert usage.returncode == 2 and "--reason" in usage.stderr
+
+
+async def test_schedule_list_shows_each_schedule_with_its_next_tick(
+    triobus_runtime: Runtime, triobus_dsn: str
+) -> None:
+    empty = await cli("schedule", "list", dsn=triobus_dsn)
+    assert (empty.returncode, empty.stdout) == (0, "(none)\n")
+    await triobus_runtime.schedule(
+        "nightly", "reports", "Make", "0 3 * * *", timezone="Europe/Paris", data={"to": "ops"}
+    )
+    table = await cli("schedule", "list", dsn=triobus_dsn)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split() == [
+        "NAME",
+        "DOMAIN",
+        "COMMAND_TYPE",
+        "CRON",
+        "TIMEZONE",
+        "LAST_TICK",
+        "NEXT_TICK",
+        "VERSION",
+    ]
+    assert row.split()[:8] == ["nightly", "reports", "Make", "0", "3", "*", "*", "*"]
+    listed = await cli("schedule", "list", "--json", dsn=triobus_dsn)
+    (schedule,) = json.loads(listed.stdout)
+    assert (schedule["timezone"], schedule["data"], schedule["last_tick"]) == (
+        "Europe/Paris",
+        {"to": "ops"},
+        None,
+    )
+    next_tick = datetime.fromisoformat(schedule["next_tick"])
+    assert next_tick.astimezone(ZoneInfo("Europe/Paris")).time() == time(3)
+    assert timedelta(0) < next_tick - datetime.now(UTC) <= timedelta(days=1)
 
 
 async def test_prune_counts_in_a_dry_run_then_removes_what_is_old(

@@ -61,6 +61,13 @@ async def test_producer_worker_and_operator_roles_suffice(
         doomed = await bus.create_batch("d", [BatchCommand("Work", uuid.uuid4(), {"n": 5})])
         assert await operator.bus.cancel_batch("d", doomed, reason="not wanted") == 1
         await worker.start_worker("d", poll_interval=0.05)
+        # the worker runs a schedule (its ticks go to a domain nobody works)
+        await worker.schedule("ticks", "clock", "Tick", "* * * * * *")
+
+        async def ticked() -> bool:
+            return bool(await bus.query_commands(domain="clock"))
+
+        await eventually(ticked)
         assert (await producer.wait_batch("d", batch_id, timeout=15)).completed_count == 3
         follow_up = (await producer.wait_batch("d", filled, timeout=15)).follow_ups[0]
 
@@ -84,8 +91,8 @@ async def test_producer_worker_and_operator_roles_suffice(
         assert len(await bus.get_audit_trail(parked.command_id, domain="d")) == 4
         assert len(await bus.query_commands(domain="d")) == 8
 
-        # ... and no more: a producer cannot act as an operator, an operator cannot
-        # acknowledge replies, a worker cannot create a batch.
+        # ... and no more: a producer cannot act as an operator nor declare a schedule,
+        # an operator cannot acknowledge replies, a worker cannot create a batch.
         with pytest.raises(DatabaseError, match="permission denied"):
             await producer.tsq.retry_all("d")
         with pytest.raises(DatabaseError, match="permission denied"):
@@ -96,6 +103,8 @@ async def test_producer_worker_and_operator_roles_suffice(
             await operator.bus.ack_replies("q", [1])
         with pytest.raises(DatabaseError, match="permission denied"):
             await worker.bus.create_batch("d", [BatchCommand("Work", uuid.uuid4(), {})])
+        with pytest.raises(DatabaseError, match="permission denied"):
+            await producer.schedule("ticks", "clock", "Tick", "* * * * * *")
 
     # the maintainer prunes what is finished (whole batches too), and can do nothing else
     async with open_runtime(role_dsns["maintainer"], migrate=False, retention=None) as keeper:

@@ -54,6 +54,7 @@ async def test_concurrent_migrations_apply_each_version_once(
             "batch",
             "command",
             "reply",
+            "schedule",
             "schema_version",
         ]
     finally:

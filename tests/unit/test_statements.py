@@ -25,6 +25,7 @@ from triobus.persistence import (
     queue,
     replies,
     retention,
+    schedules,
     schema,
     troubleshooting,
 )
@@ -38,6 +39,7 @@ MODULES = (
     queue,
     replies,
     retention,
+    schedules,
     schema,
     troubleshooting,
 )
