@@ -1,5 +1,6 @@
 """Periodic commands: declaring a schedule, its ticks sent exactly once across runtimes,
-restarts and retention, catch-up after an outage, changed definitions, bad definitions."""
+restarts and retention, catch-up after an outage, changed and conflicting definitions
+(bad ones: tests/integration/bad_input/test_runtime_input.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from triobus.actors import (
     InvalidOperationError,
     RetentionPolicy,
     Runtime,
-    ValidationError,
     open_runtime,
 )
 from triobus.actors.maintenance import Pruner
@@ -247,47 +247,3 @@ async def test_another_definition_under_a_name_this_runtime_declared_is_refused(
         await triobus_runtime.schedule("daily", "reports", "Make", "0 7 * * *")
     stored = await sql(triobus_dsn, "SELECT cron, version FROM triobus.schedule")
     assert stored == [{"cron": "0 6 * * *", "version": 1}]
-
-
-BAD_DEFINITIONS = [
-    ({"cron": "61 * * * *"}, "cron '61 \\* \\* \\* \\*' is not valid"),
-    ({"cron": "* * * *"}, "must have five fields"),
-    ({"cron": "* * * * * * 2030"}, "must have five fields"),
-    ({"cron": "0 0 30 2 *"}, "is not valid"),
-    ({"cron": 5}, "cron must be a string"),
-    ({"timezone": "Mars/Olympus_Mons"}, "unknown time zone 'Mars/Olympus_Mons'"),
-    ({"timezone": "../etc/passwd"}, "unknown time zone"),
-    ({"name": "no spaces"}, "name 'no spaces' may only contain"),
-    ({"domain": ""}, "domain must not be empty"),
-    ({"data": [1]}, "data must be a JSON object"),
-    ({"data": {"schedule": 1}}, "must not hold the key 'schedule'"),
-    ({"data": {"x": "y" * 1_100_000}}, "data is 1100008 bytes as JSON"),
-    # It fits alone, not with the "schedule" entry each tick's command gets.
-    ({"data": {"x": "y" * (1024 * 1024 - 20)}}, "with its tick"),
-    ({"catch_up": 0}, "catch_up must be a number of seconds > 0"),
-]
-
-
-@pytest.mark.parametrize(("change", "message"), BAD_DEFINITIONS)
-async def test_a_bad_definition_is_refused_and_writes_nothing(
-    triobus_runtime: Runtime, triobus_dsn: str, change: dict[str, Any], message: str
-) -> None:
-    definition: dict[str, Any] = {
-        "name": "nightly",
-        "domain": "reports",
-        "command_type": "Make",
-        "cron": "0 3 * * *",
-        "data": None,
-        "timezone": "Europe/Paris",
-        "catch_up": 60,
-    } | change
-    name, domain, command_type, cron = (
-        definition.pop(k) for k in ("name", "domain", "command_type", "cron")
-    )
-    with pytest.raises(ValidationError, match=message) as raised:
-        await triobus_runtime.schedule(name, domain, command_type, cron, **definition)
-    if "name" not in change:
-        assert "schedule 'nightly'" in str(raised.value)
-    assert await sql(triobus_dsn, "SELECT name FROM triobus.schedule") == []
-    # The name is free: a good definition under it is declared.
-    await triobus_runtime.schedule("nightly", "reports", "Make", "0 3 * * *")

@@ -11,7 +11,7 @@ checks that the cases of the first four files have unique ids.
 Each case calls one entry point with one kind of bad input against a database that holds a
 command in every interesting state, a batch and a reply (`Seed`). It must raise the
 expected error with a message naming the domain and id concerned, must not write (the
-content of triobus.command, audit, batch and reply is unchanged) and, when the input alone
+content of triobus.command, audit, batch, reply and schedule is unchanged) and, when the input alone
 is wrong, must not even borrow a connection: arguments are checked before any I/O
 (`check_bad_input`).
 """
@@ -37,7 +37,7 @@ from triobus.persistence.pool import ConnectionPool
 
 # -- the seeded database ------------------------------------------------------------------
 
-TABLES = ("command", "audit", "batch", "reply")
+TABLES = ("command", "audit", "batch", "reply", "schedule")
 UNKNOWN = UUID(int=1)
 
 

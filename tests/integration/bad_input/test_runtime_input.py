@@ -1,5 +1,5 @@
-"""Bad input for open_runtime and the Runtime: start_worker, watch_batch, unwatch_batch
-and wait_batch (what every case asserts: cases.py)."""
+"""Bad input for open_runtime and the Runtime: start_worker, schedule, watch_batch,
+unwatch_batch and wait_batch (what every case asserts: cases.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import pytest
 
 from tests.integration.bad_input.cases import (
+    HUGE,
     UNKNOWN,
     Borrowed,
     Call,
@@ -28,6 +29,23 @@ async def _open(dsn: object, **options: object) -> None:
     options.setdefault("migrate", False)
     async with open_runtime(dsn, **options):  # type: ignore[arg-type]
         raise AssertionError("the runtime opened")
+
+
+AT = "schedule 'nightly'"
+
+
+def schedule(rt: Runtime, **change: object) -> object:
+    """`rt.schedule` of a good definition with `change` made."""
+    definition: dict[str, object] = {
+        "name": "nightly",
+        "domain": "reports",
+        "command_type": "Make",
+        "cron": "0 3 * * *",
+        "timezone": "Europe/Paris",
+        "catch_up": 60,
+    } | change
+    args = [definition.pop(k) for k in ("name", "domain", "command_type", "cron")]
+    return rt.schedule(*args, **definition)  # type: ignore[arg-type]
 
 
 def open_with(**options: object) -> Call:
@@ -110,6 +128,43 @@ RUNTIME_CASES = [
                 ("heartbeat_interval", "range", 30.0, "heartbeat_interval .* must be shorter"),
                 ("grace_period", "json", math.inf, "grace_period must be a number of seconds"),
                 ("registry", "wrong-type", {}, "registry must be a HandlerRegistry, got dict"),
+            ]
+        )
+    ],
+    # schedule
+    *name_cases("schedule-name", "name", lambda rt, s, v: schedule(rt, name=v), "schedule"),
+    *name_cases("schedule-domain", "domain", lambda rt, s, v: schedule(rt, domain=v), AT),
+    *name_cases(
+        "schedule-command_type", "command_type", lambda rt, s, v: schedule(rt, command_type=v), AT
+    ),
+    *[
+        case(
+            f"schedule-{arg}[{i}]",
+            kind,
+            bind(lambda rt, s, a, v: schedule(rt, **{a: v}), arg, value),
+            ValidationError,
+            f"{match}.*{AT}",
+        )
+        for i, (arg, kind, value, match) in enumerate(
+            [
+                ("cron", "range", "61 * * * *", "cron '61 \\* \\* \\* \\*' is not valid"),
+                ("cron", "unknown-value", "* * * *", "must have five fields"),
+                ("cron", "unknown-value", "* * * * * * 2030", "must have five fields"),
+                ("cron", "unknown-value", "0 0 30 2 *", "is not valid: failed to find"),
+                ("cron", "empty", "", "must have five fields"),
+                ("cron", "huge", HUGE, "must have five fields"),
+                ("cron", "wrong-type", 5, "cron must be a string, got int"),
+                ("timezone", "unknown-value", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+                ("timezone", "quotes", "../../etc/passwd", "unknown time zone"),
+                ("timezone", "nul", "UTC\x00", "unknown time zone"),
+                ("timezone", "wrong-type", None, "timezone must be a string"),
+                ("data", "wrong-type", [1], "data must be a JSON object"),
+                ("data", "unknown-value", {"schedule": 1}, "must not hold the key 'schedule'"),
+                ("data", "huge", {"x": "y" * 1_100_000}, "data is 1100008 bytes as JSON"),
+                # it fits alone, not with the "schedule" entry of each tick's command
+                ("data", "huge", {"x": "y" * (1024 * 1024 - 20)}, "1048629 bytes as JSON"),
+                ("catch_up", "range", 0, "catch_up must be a number of seconds > 0"),
+                ("catch_up", "json", math.nan, "catch_up must be a number of seconds"),
             ]
         )
     ],
