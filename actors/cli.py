@@ -37,7 +37,6 @@ from triobus.actors.cli_common import (
 from triobus.actors.cli_worker import add_worker_arguments, run_worker
 from triobus.actors.maintenance import Pruner, RetentionPolicy
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
-from triobus.persistence.cron import CronTicks
 from triobus.persistence.databases import migrate
 from triobus.persistence.errors import BatchNotFoundError, TriobusError, ValidationError
 from triobus.persistence.records import BatchMetadata, CommandStatus
@@ -419,12 +418,7 @@ async def schedule_list(args: argparse.Namespace, runtime: Runtime) -> None:
         records = await select_schedules(conn)
     now = datetime.now(UTC)
     rows = [
-        {
-            **attrs.asdict(record, recurse=False),
-            "next_tick": CronTicks(record.cron, record.timezone).next_after(
-                max(now, record.sent_through)
-            ),
-        }
+        {**attrs.asdict(record, recurse=False), "next_tick": record.next_tick(now)}
         for record in records
     ]
     _emit(args, rows, SCHEDULE_COLUMNS)

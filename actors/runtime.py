@@ -284,6 +284,16 @@ class Runtime:
             if declared is None:
                 del self._schedules[schedule.name]
             raise
+        logger.info(
+            "schedule %r: %r (%s) sends %s/%s, definition version %d, next tick %s",
+            record.name,
+            record.cron,
+            record.timezone,
+            record.domain,
+            record.command_type,
+            record.version,
+            record.next_tick(datetime.now(UTC)).isoformat(),
+        )
         if declared is None:
             actor = ScheduleActor(
                 self.pool,

@@ -56,10 +56,6 @@ class Schedule:
     catch_up: float
     data_json: str = attrs.field(eq=False, repr=False)
 
-    @property
-    def ticks(self) -> CronTicks:
-        return CronTicks(self.cron, self.timezone)
-
 
 def new_schedule(
     name: object,

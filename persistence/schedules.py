@@ -19,6 +19,7 @@ from uuid import UUID
 import attrs
 
 from triobus.persistence.connection import Connection, Row
+from triobus.persistence.cron import CronTicks
 
 SCHEDULE_NAMESPACE = UUID("0b0c8d6e-54f5-4c55-8f43-3f8c2a6e1d27")
 SCHEDULE_KEY = "schedule"  # the key a tick's command data gets: {"name", "tick"}
@@ -43,6 +44,10 @@ class ScheduleRecord:
     declared_at: datetime
     sent_through: datetime
     last_tick: datetime | None
+
+    def next_tick(self, now: datetime) -> datetime:
+        """The first tick not done yet that is after `now`."""
+        return CronTicks(self.cron, self.timezone).next_after(max(now, self.sent_through))
 
     @classmethod
     def from_row(cls, row: Row) -> ScheduleRecord:
