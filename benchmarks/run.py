@@ -22,8 +22,9 @@ running benchmarks/worker_process.py. Scenarios:
 * batches: cancel_batch of a 100,000-command batch (seconds), and a batch of 20,000 no-op
   commands with its three follow-up commands against one without, same-round A/B;
 * history (--long): a batch of 20,000 no-op commands (1 x 64) with 0, 1M and 5M finished
-  commands (six audit rows each) already stored: commands/s, and the claim's and ack's
-  server time;
+  commands (six audit rows each) already stored, one database per size filled once and
+  every size measured in each round: commands/s, same-round ratios to the empty tables,
+  and the claim's and ack's server time and blocks read;
 * memory (--long): worker RSS at start, after 100k and after 1M commands;
 * peers: the throughput scenario's 20,000 no-op jobs, processing phase only (enqueued
   first; timed from telling the idle, connected worker processes to start until all are
@@ -181,11 +182,24 @@ async def fill_history(dsn: str, size: int) -> None:
         await conn.close()
 
 
-def _mean_ms(timings: Sequence[Any], prefix: str) -> float:
-    """Mean server time (ms) of the statements whose text starts with `prefix`."""
+def _mean(timings: Sequence[Any], prefix: str, column: str) -> float:
+    """Mean per call of pg_stat_statements' `column` (ms for the times) over the statements
+    whose text starts with `prefix`."""
     matching = [t for t in timings if t["query"].lstrip().startswith(prefix)]
     calls = sum(int(t["calls"]) for t in matching)
-    return sum(float(t["total_exec_time"]) for t in matching) / calls if calls else 0.0
+    return sum(float(t[column]) for t in matching) / calls if calls else 0.0
+
+
+@attrs.frozen
+class HistorySample:
+    """One measurement of the history scenario: commands/s, and the claim's and the ack's
+    mean server time (ms) and blocks read (not found in shared_buffers) per statement."""
+
+    rate: float
+    claim_ms: float
+    claim_reads: float
+    ack_ms: float
+    ack_reads: float
 
 
 def noop_batch(count: int) -> list[BatchCommand]:
@@ -703,55 +717,90 @@ class Bench:
         self, sizes: Sequence[int] = (0, 1_000_000, 5_000_000), count: int = 20_000
     ) -> None:
         """Throughput and the claim's and ack's server time with the tables holding
-        `sizes` finished commands (and six audit rows each) of the same domain."""
-        rows = []
-        base_rate = None
-        for size in sizes:
-            rates, claim_ms, ack_ms = [], [], []
+        `sizes` finished commands (and six audit rows each) of the same domain.
+
+        One database per size, filled once; then each round measures every size once (in
+        an order rotated each round), so the machine's drift hits all sizes alike, and each
+        ratio is the median of the per-round ratios to the empty tables. After each
+        measurement its batch is deleted again (and the tables vacuumed): every round
+        starts from the same tables.
+        """
+        samples: dict[int, list[HistorySample]] = {size: [] for size in sizes}
+        async with AsyncExitStack() as stack:
+            dsns = {}
+            for size in sizes:
+                dsns[size] = await stack.enter_async_context(self.database())
+                await fill_history(dsns[size], size)
+            order = list(sizes)
             for _ in range(self.runs):
-                async with self.database() as dsn:
-                    await fill_history(dsn, size)
-                    conn = await connect(dsn)
-                    try:
-                        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-                        await conn.execute("SELECT pg_stat_statements_reset()")
-                        rates.append(await self._batch_rate_on(dsn, count, 64))
-                        timings = await conn.fetch_all(
-                            "SELECT query, calls, total_exec_time FROM pg_stat_statements"
-                            " WHERE dbid = (SELECT oid FROM pg_database"
-                            "  WHERE datname = current_database())"
-                        )
-                    finally:
-                        await conn.close()
-                    claim_ms.append(_mean_ms(timings, "WITH candidates AS"))
-                    ack_ms.append(_mean_ms(timings, "WITH r AS"))
-            median = statistics.median(rates)
-            base_rate = base_rate or median
-            rows.append(
-                [
-                    f"{size:,}",
-                    summary(rates),
-                    f"{100 * median / base_rate:.0f}%",
-                    summary(claim_ms, 3),
-                    summary(ack_ms, 3),
-                ]
-            )
+                for size in order:
+                    samples[size].append(await self._history_sample(dsns[size], count))
+                order = order[1:] + order[:1]
+        base = [s.rate for s in samples[sizes[0]]]
+        rows = [
+            [
+                f"{size:,}",
+                summary([s.rate for s in samples[size]]),
+                ratio_summary([s.rate for s in samples[size]], base),
+                summary([s.claim_ms for s in samples[size]], 3),
+                summary([s.claim_reads for s in samples[size]], 1),
+                summary([s.ack_ms for s in samples[size]], 3),
+                summary([s.ack_reads for s in samples[size]], 1),
+            ]
+            for size in sizes
+        ]
         self.section(
             f"History: {count:,} no-op commands (1 x 64) with finished commands already stored",
             [
                 "finished commands stored (6 audit rows each)",
                 "commands/s",
-                "of the empty tables' rate",
+                f"of the {sizes[0]:,}-command tables' rate, same round",
                 "claim, server ms per statement",
+                "claim, blocks read per statement",
                 "ack, server ms per statement",
+                "ack, blocks read per statement",
             ],
             rows,
             "The finished commands (COMPLETED, outside any batch, of the same domain) and their"
-            " audit rows are generated in SQL, then VACUUM ANALYZE; server times are"
-            " pg_stat_statements' mean execution time of the claim and the ack statements"
-            " during the run. The claim reads a partial index of claimable commands only; the"
-            " ack and the inserts write into the primary key and audit indexes, which grow"
-            " with the history.",
+            " audit rows are generated in SQL, then VACUUM ANALYZE: one database per size,"
+            " filled once; each round measures every size once, in an order rotated each"
+            " round, and deletes the measured batch again (then VACUUM ANALYZE). Server times"
+            " and blocks are pg_stat_statements' means for the claim and the ack statements"
+            " during the run; blocks read are those not found in shared_buffers (read from"
+            " the OS). The claim reads a partial index of claimable commands only; the"
+            " claims' and acks' updates (never HOT: they change indexed columns) and their"
+            " audit inserts write into the primary key, correlation and audit indexes, which"
+            " grow with the history.",
+        )
+
+    async def _history_sample(self, dsn: str, count: int) -> HistorySample:
+        """One measurement of the history scenario on `dsn`; its batch is removed after."""
+        conn = await connect(dsn)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            rate = await self._batch_rate_on(dsn, count, 64)
+            timings = await conn.fetch_all(
+                "SELECT query, calls, total_exec_time, shared_blks_read FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            async with conn.transaction():
+                await conn.execute(
+                    "DELETE FROM triobus.audit WHERE subject_id = ANY(ARRAY("
+                    " SELECT command_id FROM triobus.command WHERE batch_id IS NOT NULL"
+                    " UNION ALL SELECT batch_id FROM triobus.batch))"
+                )
+                await conn.execute("DELETE FROM triobus.command WHERE batch_id IS NOT NULL")
+                await conn.execute("DELETE FROM triobus.batch")
+            await conn.execute("VACUUM ANALYZE triobus.command, triobus.audit, triobus.batch")
+        finally:
+            await conn.close()
+        return HistorySample(
+            rate=rate,
+            claim_ms=_mean(timings, "WITH candidates AS", "total_exec_time"),
+            claim_reads=_mean(timings, "WITH candidates AS", "shared_blks_read"),
+            ack_ms=_mean(timings, "WITH r AS", "total_exec_time"),
+            ack_reads=_mean(timings, "WITH r AS", "shared_blks_read"),
         )
 
     async def peers(self) -> None:
