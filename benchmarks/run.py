@@ -767,10 +767,12 @@ class Bench:
             " round, and deletes the measured batch again (then VACUUM ANALYZE). Server times"
             " and blocks are pg_stat_statements' means for the claim and the ack statements"
             " during the run; blocks read are those not found in shared_buffers (read from"
-            " the OS). The claim reads a partial index of claimable commands only; the"
-            " claims' and acks' updates (never HOT: they change indexed columns) and their"
-            " audit inserts write into the primary key, correlation and audit indexes, which"
-            " grow with the history.",
+            " the OS). The claim finds its commands in a partial index of claimable commands"
+            " only, but it is the first statement after the send to touch each command's"
+            " primary-key leaf (its update is never HOT: it changes indexed columns) and its"
+            " audit_subject leaf (its RECEIVED row); both are keyed by the random command id,"
+            " and with the history those indexes outgrow shared_buffers, so the claim reads"
+            " them back (the blocks read), while the ack that follows finds them cached.",
         )
 
     async def _history_sample(self, dsn: str, count: int) -> HistorySample:
