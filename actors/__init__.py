@@ -47,6 +47,7 @@ from triobus.persistence.errors import (
     TriobusError,
     ValidationError,
 )
+from triobus.persistence.new_commands import new_command_id
 from triobus.persistence.records import (
     AuditEvent,
     AuditEventType,
@@ -116,5 +117,6 @@ __all__ = [
     "WorkerOptions",
     "WorkerStatistics",
     "handler",
+    "new_command_id",
     "open_runtime",
 ]

@@ -60,7 +60,14 @@ import attrs
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
-from triobus.actors import BatchCommand, BatchMetadata, FollowUpCommand, Runtime, open_runtime
+from triobus.actors import (
+    BatchCommand,
+    BatchMetadata,
+    FollowUpCommand,
+    Runtime,
+    new_command_id,
+    open_runtime,
+)
 from triobus.persistence.databases import create_database, drop_database, migrate
 from triobus.persistence.driver import connect
 from triobus.persistence.embedded import (
@@ -156,9 +163,20 @@ HISTORY_CHUNK = 500_000
 AUDIT_PER_COMMAND = ("SENT", "RECEIVED", "RETRY_SCHEDULED", "RECEIVED", "COMPLETED", "SENT")
 
 
-async def fill_history(dsn: str, size: int) -> None:
+# A UUIDv7 in SQL (PostgreSQL 18 has uuidv7(); this works from 13 on): the time in ms
+# over the first 48 bits of a random UUID, then the version bits set to 7.
+UUID7_SQL = (
+    "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing"
+    " substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)"
+    " FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"
+)
+
+
+async def fill_history(dsn: str, size: int, time_ordered: bool = False) -> None:
     """`size` COMPLETED commands of domain "bench", finished a day ago, with six audit rows
-    each, written in SQL in chunks; then VACUUM ANALYZE."""
+    each, written in SQL in chunks; then VACUUM ANALYZE. Their ids are random (uuid4), or
+    with `time_ordered` UUIDv7, as `new_command_id` makes them."""
+    command_id = UUID7_SQL if time_ordered else "gen_random_uuid()"
     conn = await connect(dsn)
     try:
         for start in range(0, size, HISTORY_CHUNK):
@@ -167,7 +185,7 @@ async def fill_history(dsn: str, size: int) -> None:
                 "WITH made AS ("
                 " INSERT INTO triobus.command (domain, command_id, command_type, status, data,"
                 "  correlation_id, attempts, result, created_at, updated_at, finished_at)"
-                " SELECT 'bench', gen_random_uuid(), 'Noop', 'COMPLETED', '{}'::jsonb,"
+                f" SELECT 'bench', {command_id}, 'Noop', 'COMPLETED', '{{}}'::jsonb,"
                 "  gen_random_uuid(), 2, '{}'::jsonb, now() - interval '1 day',"
                 "  now() - interval '1 day', now() - interval '1 day'"
                 " FROM generate_series(1, %s)"
@@ -202,8 +220,8 @@ class HistorySample:
     ack_reads: float
 
 
-def noop_batch(count: int) -> list[BatchCommand]:
-    return [BatchCommand("Noop", uuid.uuid4(), {}) for _ in range(count)]
+def noop_batch(count: int, new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> list[BatchCommand]:
+    return [BatchCommand("Noop", new_id(), {}) for _ in range(count)]
 
 
 async def run_batch(runtime: Runtime, domain: str, count: int) -> float:
@@ -661,7 +679,12 @@ class Bench:
             return await self._batch_rate_on(dsn, count, concurrency, follow_ups)
 
     async def _batch_rate_on(
-        self, dsn: str, count: int, concurrency: int, follow_ups: bool = False
+        self,
+        dsn: str,
+        count: int,
+        concurrency: int,
+        follow_ups: bool = False,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
     ) -> float:
         """Commands/s of one gated worker process on a batch of `count` no-op commands,
         timed from "go" until the batch is complete."""
@@ -676,7 +699,7 @@ class Bench:
         ):
             batch_id = await runtime.bus.create_batch(
                 "bench",
-                noop_batch(count),
+                noop_batch(count, new_id),
                 on_complete_command=report,
                 on_success_command=report,
                 on_failure_command=report,
@@ -725,36 +748,48 @@ class Bench:
         measurement its batch is deleted again (and the tables vacuumed): every round
         starts from the same tables.
         """
-        samples: dict[int, list[HistorySample]] = {size: [] for size in sizes}
+        # (ids, size): random ids at every size, time-ordered ones empty and at the largest
+        configs = [(False, size) for size in sizes] + [(True, sizes[0]), (True, sizes[-1])]
+        samples: dict[tuple[bool, int], list[HistorySample]] = {c: [] for c in configs}
         async with AsyncExitStack() as stack:
             dsns = {}
-            for size in sizes:
-                dsns[size] = await stack.enter_async_context(self.database())
-                await fill_history(dsns[size], size)
-            order = list(sizes)
+            for time_ordered, size in configs:
+                dsn = dsns[time_ordered, size] = await stack.enter_async_context(self.database())
+                await fill_history(dsn, size, time_ordered)
+            order = list(configs)
             for _ in range(self.runs):
-                for size in order:
-                    samples[size].append(await self._history_sample(dsns[size], count))
+                for time_ordered, size in order:
+                    samples[time_ordered, size].append(
+                        await self._history_sample(
+                            dsns[time_ordered, size],
+                            count,
+                            new_command_id if time_ordered else uuid.uuid4,
+                        )
+                    )
                 order = order[1:] + order[:1]
-        base = [s.rate for s in samples[sizes[0]]]
-        rows = [
-            [
-                f"{size:,}",
-                summary([s.rate for s in samples[size]]),
-                ratio_summary([s.rate for s in samples[size]], base),
-                summary([s.claim_ms for s in samples[size]], 3),
-                summary([s.claim_reads for s in samples[size]], 1),
-                summary([s.ack_ms for s in samples[size]], 3),
-                summary([s.ack_reads for s in samples[size]], 1),
-            ]
-            for size in sizes
-        ]
+        rows = []
+        for time_ordered, size in configs:
+            found = samples[time_ordered, size]
+            base = [s.rate for s in samples[time_ordered, sizes[0]]]
+            rows.append(
+                [
+                    "time-ordered (UUIDv7)" if time_ordered else "random (uuid4)",
+                    f"{size:,}",
+                    summary([s.rate for s in found]),
+                    ratio_summary([s.rate for s in found], base),
+                    summary([s.claim_ms for s in found], 3),
+                    summary([s.claim_reads for s in found], 1),
+                    summary([s.ack_ms for s in found], 3),
+                    summary([s.ack_reads for s in found], 1),
+                ]
+            )
         self.section(
             f"History: {count:,} no-op commands (1 x 64) with finished commands already stored",
             [
+                "command ids",
                 "finished commands stored (6 audit rows each)",
                 "commands/s",
-                f"of the {sizes[0]:,}-command tables' rate, same round",
+                f"of the {sizes[0]:,}-command tables' rate with the same ids, same round",
                 "claim, server ms per statement",
                 "claim, blocks read per statement",
                 "ack, server ms per statement",
@@ -770,18 +805,22 @@ class Bench:
             " the OS). The claim finds its commands in a partial index of claimable commands"
             " only, but it is the first statement after the send to touch each command's"
             " primary-key leaf (its update is never HOT: it changes indexed columns) and its"
-            " audit_subject leaf (its RECEIVED row); both are keyed by the random command id,"
-            " and with the history those indexes outgrow shared_buffers, so the claim reads"
-            " them back (the blocks read), while the ack that follows finds them cached.",
+            " audit_subject leaf (its RECEIVED row); both are keyed by the command id. Random"
+            " ids spread those leaves over the whole index, which with the history outgrows"
+            " shared_buffers, so the claim reads them back (the blocks read) while the ack"
+            " that follows finds them cached; time-ordered ids (`new_command_id`, and the"
+            " history made with UUIDv7 ids too) keep them at the indexes' right edge.",
         )
 
-    async def _history_sample(self, dsn: str, count: int) -> HistorySample:
+    async def _history_sample(
+        self, dsn: str, count: int, new_id: Callable[[], uuid.UUID]
+    ) -> HistorySample:
         """One measurement of the history scenario on `dsn`; its batch is removed after."""
         conn = await connect(dsn)
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             await conn.execute("SELECT pg_stat_statements_reset()")
-            rate = await self._batch_rate_on(dsn, count, 64)
+            rate = await self._batch_rate_on(dsn, count, 64, new_id=new_id)
             timings = await conn.fetch_all(
                 "SELECT query, calls, total_exec_time, shared_blks_read FROM pg_stat_statements"
                 " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
