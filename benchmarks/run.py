@@ -1,6 +1,7 @@
 """The triobus benchmark suite: runs every scenario and writes benchmarks/RESULTS.md.
 
     python benchmarks/run.py [--runs 3] [--long] [--only peers,...] [--output FILE]
+                             [--setting shared_buffers=1GB ...]
     (./run bench runs it)
 
 Uses $TRIOBUS_DSN when set, else starts its own embedded PostgreSQL (durable settings,
@@ -1184,18 +1185,26 @@ SCENARIOS = (
 )
 
 
-async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None:
+def _unit(unit: str | None) -> str:
+    return f" x {unit}" if unit else ""
+
+
+async def main(
+    runs: int, long: bool, only: Sequence[str], output: Path, server_settings: dict[str, str]
+) -> None:
     async with AsyncExitStack() as stack:
         dsn = os.environ.get("TRIOBUS_DSN")
         if not dsn:
-            dsn = await stack.enter_async_context(open_embedded_postgres(settings=SERVER_SETTINGS))
+            dsn = await stack.enter_async_context(
+                open_embedded_postgres(settings=SERVER_SETTINGS | server_settings)
+            )
         conn = await connect(dsn)
         try:
             version_row = await conn.fetch_one("SHOW server_version")
             assert version_row is not None
             version = version_row["server_version"]
             settings = await conn.fetch_all(
-                "SELECT name, setting FROM pg_settings WHERE name IN"
+                "SELECT name, setting, unit FROM pg_settings WHERE name IN"
                 " ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')"
             )
         finally:
@@ -1221,7 +1230,8 @@ async def main(runs: int, long: bool, only: Sequence[str], output: Path) -> None
         "# triobus benchmark results",
         "",
         f"- machine: {machine()}",
-        f"- PostgreSQL {version}: " + ", ".join(f"{s['name']}={s['setting']}" for s in settings),
+        f"- PostgreSQL {version}: "
+        + ", ".join(f"{s['name']}={s['setting']}{_unit(s['unit'])}" for s in settings),
         f"- command: `python {' '.join(sys.argv)}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         f"- medians of {runs} runs with min-max where marked; client and server share the machine",
         "- on a shared VM the machine's speed drifts (up to 2x between runs an hour apart):"
@@ -1243,8 +1253,18 @@ if __name__ == "__main__":
         "--only", default="", help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="default: %(default)s")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting of the embedded cluster, e.g. shared_buffers=1GB (repeatable)",
+    )
     options = parser.parse_args()
+    settings = dict(setting.partition("=")[::2] for setting in options.setting)
+    if not all(settings.values()):
+        parser.error("--setting takes NAME=VALUE")
     only = [name for name in options.only.split(",") if name]
     if unknown := set(only) - set(SCENARIOS):
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    trio.run(main, options.runs, options.long, only, options.output)
+    trio.run(main, options.runs, options.long, only, options.output, settings)

@@ -16,6 +16,7 @@ from triobus.persistence.new_commands import (
     new_batch,
     new_batch_commands,
     new_command,
+    new_command_id,
 )
 from triobus.persistence.validation import MAX_SECONDS
 
@@ -98,6 +99,15 @@ def test_generated_correlation_ids_are_uuid7_ordered_by_their_millisecond() -> N
     assert all(first < made for made in later)
     # 74 random bits beside the time: ids of the same millisecond differ there
     assert len({made.int & RANDOM_BITS for made in later}) == len(later)
+
+
+def test_new_command_ids_are_uuid7_of_this_millisecond_and_distinct() -> None:
+    before = time.time_ns() // 1_000_000
+    made = [new_command_id() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
+    assert all(m.version == 7 and before <= m.int >> 80 <= after for m in made)
+    assert len(set(made)) == len(made)
+    assert [m.int >> 80 for m in made] == sorted(m.int >> 80 for m in made)
 
 
 def test_a_follow_up_id_is_its_batch_and_events_alone() -> None:
