@@ -67,11 +67,9 @@ class CronTicks:
     def next_after(self, instant: datetime) -> datetime:
         return next(self.after(instant))
 
-    def between(self, start: datetime, end: datetime) -> list[datetime]:
-        """The ticks in (start, end]."""
-        found: list[datetime] = []
+    def between(self, start: datetime, end: datetime) -> Iterator[datetime]:
+        """The ticks in (start, end], in order (lazily: a long catch-up is many ticks)."""
         for tick in self.after(start):
             if tick > end:
-                return found
-            found.append(tick)
-        raise AssertionError("unreachable: a cron has ticks without end")
+                return
+            yield tick
