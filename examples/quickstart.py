@@ -8,23 +8,21 @@ started for the run and deleted afterwards:
 
 from __future__ import annotations
 
-import uuid
-
 import trio
 
-from triobus.actors import DuplicateCommandError, open_runtime
+from triobus.actors import DuplicateCommandError, new_command_id, open_runtime
 
 
 async def main() -> None:
     async with open_runtime() as runtime:
         bus = runtime.bus
-        order_id = uuid.uuid4()
+        order_id = new_command_id()  # time-ordered (UUIDv7)
         sent = [
             await bus.send("shop", "PlaceOrder", order_id, {"sku": "TEA-42", "qty": 2}),
             await bus.send(
                 "payments",
                 "Debit",
-                uuid.uuid4(),
+                new_command_id(),
                 {"amount_cents": 1299},
                 reply_to="shop.replies",
                 max_attempts=5,

@@ -64,6 +64,7 @@ from triobus.persistence.new_commands import (
     new_batch,
     new_batch_commands,
     new_command,
+    new_command_id,
 )
 from triobus.persistence.records import BatchCommand, FollowUpCommand, SendResult
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
@@ -84,6 +85,7 @@ __all__ = [
     "close_batch_async",
     "create_batch",
     "create_batch_async",
+    "new_command_id",
     "send",
     "send_async",
 ]
