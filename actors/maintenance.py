@@ -6,8 +6,10 @@ transaction-level advisory lock (which also works behind PgBouncer in transactio
 so at most one pruner works at a time across all processes and hosts, and a runtime whose
 maintenance actor does not get the lock leaves that round to the one that has it. Each
 chunk runs under a statement timeout; after a timeout the chunk size halves (down to
-`MIN_CHUNK`, then the error is raised); between chunks the pruner pauses, so that claims
-and acks never queue behind it for long.
+`MIN_CHUNK` commands or one batch, which then runs once without the statement timeout:
+a whole batch goes in one statement, however large); between chunks the pruner pauses,
+so that claims and acks never queue behind it for long. No chunk waits longer than the
+statement timeout for a lock.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class Pruner:
             self._batch_chunk,
             wait,
             counted=lambda removed: removed.batches,
+            smallest=1,
         )
         commands = await self._until_done(
             functools.partial(retention.prune_commands, domain=domain, older_than=older_than),
@@ -191,27 +194,41 @@ class Pruner:
         wait: bool,
         *,
         counted: Callable[[Removed], int],
+        smallest: int = MIN_CHUNK,
     ) -> Removed:
         """Run chunks `prune(conn, limit=...)`, each in a transaction holding the prune lock
         and under the statement timeout, until one removes fewer than its limit (`counted`
         says how many it removed). After a timeout the limit halves, for the chunks after
-        it too."""
-        total, limit = Removed(), size
+        it too. A chunk of the `smallest` size that still times out (one batch of a
+        million members can) runs once more without the statement timeout, waiting at most
+        that long for a lock: it deletes rows no claim or ack touches, so it stalls none."""
+        total, limit, unbounded = Removed(), size, False
+        timeout_ms = f"{max(1, int(self._statement_timeout * 1000))}ms"  # 0 would be none
         while True:
             try:
                 async with self._pool.connection() as conn, conn.transaction():
                     await self._lock(conn, wait)
                     await conn.execute(
-                        "SELECT set_config('statement_timeout', %s, true)",
-                        (f"{max(1, int(self._statement_timeout * 1000))}ms",),  # 0: none
+                        "SELECT set_config('statement_timeout', %s, true),"
+                        " set_config('lock_timeout', %s, true)",
+                        ("0" if unbounded else timeout_ms, timeout_ms),
                     )
                     removed = await prune(conn, limit=limit)
             except DatabaseError as ex:
-                if ex.sqlstate != QUERY_CANCELED or limit <= MIN_CHUNK:
+                if ex.sqlstate != QUERY_CANCELED or unbounded:
                     raise
-                limit = max(MIN_CHUNK, limit // 2)
-                logger.info("a prune chunk timed out: %d rows per statement now", limit)
+                if limit > smallest:
+                    limit = max(smallest, limit // 2)
+                    logger.info("a prune chunk timed out: %d per statement now", limit)
+                else:
+                    unbounded = True
+                    logger.warning(
+                        "a prune chunk of %d timed out at the smallest size: running it"
+                        " without the statement timeout",
+                        limit,
+                    )
                 continue
+            unbounded = False
             total = total + removed
             if counted(removed) < limit:
                 return total

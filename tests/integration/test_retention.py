@@ -266,12 +266,12 @@ def test_a_bad_retention_is_refused() -> None:
         RetentionPolicy(by_domain=[("d", 1.0)])
 
 
-async def test_a_chunk_that_times_out_is_halved_then_the_error_is_raised(
+async def test_a_chunk_that_times_out_is_halved_and_never_waits_long_for_a_lock(
     triobus_runtime: Runtime, triobus_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A chunk blocked past the statement timeout (here by a row lock the test holds on
-    the oldest finished command) is retried at half the size, down to MIN_CHUNK; then the
-    timeout is raised, and nothing was removed."""
+    the oldest finished command) is retried at half the size, down to MIN_CHUNK, then once
+    without the statement timeout, where the lock timeout stops it; nothing was removed."""
     runtime = triobus_runtime
     await register_work(runtime)
     await work_through(runtime, "ok", "ok", "ok", reply=False)
@@ -290,13 +290,36 @@ async def test_a_chunk_that_times_out_is_halved_then_the_error_is_raised(
             )
             with pytest.raises(DatabaseError) as raised:
                 await pruner.prune()
-        assert raised.value.sqlstate == "57014"
-        halved = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
-        assert halved == [
-            "a prune chunk timed out: 20 rows per statement now",
-            "a prune chunk timed out: 10 rows per statement now",
+        assert raised.value.sqlstate == "55P03"  # lock_timeout
+        timed_out = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+        assert timed_out == [
+            "a prune chunk timed out: 20 per statement now",
+            "a prune chunk timed out: 10 per statement now",
+            "a prune chunk of 10 timed out at the smallest size: running it without the"
+            " statement timeout",
         ]
         assert len(await runtime.bus.query_commands()) == 3
     finally:
         await holder.close()
     assert (await pruner.prune()).total.commands == 3  # the lock gone, all goes
+
+
+async def test_a_batch_too_big_for_the_statement_timeout_is_still_removed_whole(
+    triobus_runtime: Runtime, triobus_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a 1 ms statement timeout no chunk of a 1,000-member batch fits: the chunk
+    halves down to one batch, which then runs without the timeout, each batch whole."""
+    runtime = triobus_runtime
+    await register_work(runtime)
+    for _ in range(2):
+        await runtime.bus.create_batch("d", commands(*["ok"] * 1000))
+    await runtime.drain("d", timeout=120)
+    await age(triobus_dsn, 10)
+    caplog.set_level(logging.INFO, logger="triobus.actors.maintenance")
+    pruner = Pruner(runtime.pool, RetentionPolicy(), batch_chunk=4, statement_timeout=0.001)
+    report = await pruner.prune()
+    assert (report.total.batches, report.total.commands) == (2, 2000)
+    assert await rows(triobus_dsn) == {"command": 0, "audit": 0, "reply": 0, "batch": 0}
+    messages = [r.getMessage() for r in caplog.records]
+    assert "a prune chunk timed out: 1 per statement now" in messages
+    assert any("timed out at the smallest size" in m for m in messages)
