@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from uuid import UUID
 
 import trio
 
+from triobus.actors.events import (
+    CommandFinished,
+    CommandMovedToTroubleshooting,
+    CommandRetried,
+    Events,
+)
 from triobus.actors.in_flight import InFlight
 from triobus.actors.messages import AckMessage, OnChanges, WrittenResult
 from triobus.persistence.backoff import backoff_delays
@@ -55,8 +62,10 @@ class Acker:
         in_flight: InFlight,
         on_acked: OnChanges | None,
         note_error: Callable[[str], None],
+        events: Events | None = None,
     ) -> None:
         self.domain = domain
+        self._events = Events() if events is None else events
         self._pool = pool
         self._in_flight = in_flight
         self._on_acked = on_acked
@@ -115,8 +124,51 @@ class Acker:
                     result.command_id,
                     extra=_fields(result),
                 )
+        if self._events.active:
+            self._emit(results, acked_statuses)
         if self._on_acked is not None and acked:
             self._on_acked(acked)
+
+    def _emit(self, results: list[HandlerResult], statuses: dict[UUID, CommandStatus]) -> None:
+        """The events of the results written (not of those discarded)."""
+        emit = self._events.emit
+        for result in results:
+            status = statuses.get(result.command_id)
+            if status is None:
+                continue
+            domain, command_type = result.domain, result.command_type
+            command_id, attempt = result.command_id, result.attempt
+            emit(
+                CommandFinished(
+                    domain=domain,
+                    command_type=command_type,
+                    command_id=command_id,
+                    attempt=attempt,
+                    outcome=result.outcome,
+                    status=status,
+                    duration=result.duration,
+                )
+            )
+            if status is CommandStatus.PENDING:
+                emit(
+                    CommandRetried(
+                        domain=domain,
+                        command_type=command_type,
+                        command_id=command_id,
+                        attempt=attempt,
+                        delay=result.retry_delay or 0.0,
+                    )
+                )
+            elif status is CommandStatus.IN_TROUBLESHOOTING_QUEUE:
+                emit(
+                    CommandMovedToTroubleshooting(
+                        domain=domain,
+                        command_type=command_type,
+                        command_id=command_id,
+                        attempt=attempt,
+                        error_code=result.error_code,
+                    )
+                )
 
     def _count_canceled_with_batch(self, result: HandlerResult) -> None:
         """A retry or TSQ move that canceled its command instead: its batch was canceled."""

@@ -21,6 +21,7 @@ from uuid import UUID
 import attrs
 import trio
 
+from triobus.actors.events import BatchCallbackFailed, Events
 from triobus.actors.messages import BatchFinished, BatchMessage, BatchProgress
 from triobus.actors.notifier import Notifier
 from triobus.persistence.backoff import backoff_delays
@@ -61,7 +62,9 @@ class BatchActor:
         notifier: Notifier,
         on_complete: BatchCallback | None,
         callback_timeout: float,
+        events: Events | None = None,
     ) -> None:
+        self._events = Events() if events is None else events
         self.domain = domain
         self.batch_id = batch_id
         self.on_complete = on_complete
@@ -151,12 +154,13 @@ class BatchActor:
         with trio.move_on_after(self.callback_timeout) as deadline:
             try:
                 await callback(final)
-            except Exception:
+            except Exception as ex:
                 logger.exception(
                     "on_complete callback of batch %s (domain %r) raised",
                     self.batch_id,
                     self.domain,
                 )
+                self._failed(f"{type(ex).__name__}: {ex}")
                 return
         if deadline.cancelled_caught:
             logger.error(
@@ -165,6 +169,13 @@ class BatchActor:
                 self.batch_id,
                 self.domain,
                 self.callback_timeout,
+            )
+            self._failed(f"timed out after {self.callback_timeout:g} s")
+
+    def _failed(self, error: str) -> None:
+        if self._events.active:
+            self._events.emit(
+                BatchCallbackFailed(domain=self.domain, batch_id=self.batch_id, error=error)
             )
 
 

@@ -18,6 +18,7 @@ from uuid import UUID
 import trio
 
 from triobus.actors.batch_actor import BatchActor, BatchCallback, BatchWatchStatistics
+from triobus.actors.events import Events
 from triobus.actors.messages import BatchFinished, BatchProgress
 from triobus.actors.notifier import Notifier
 from triobus.persistence.batches import select_final_batches
@@ -40,7 +41,9 @@ class BatchSupervisor:
         *,
         callback_timeout: float,
         reconcile_interval: float,
+        events: Events | None = None,
     ) -> None:
+        self._events = events
         self._pool = pool
         self._notifier = notifier
         self.callback_timeout = callback_timeout
@@ -74,6 +77,7 @@ class BatchSupervisor:
                 notifier=self._notifier,
                 on_complete=on_complete,
                 callback_timeout=self.callback_timeout,
+                events=self._events,
             )
             self._actors[key] = actor
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -11,6 +11,7 @@ import trio
 
 from triobus.actors.batch_actor import BatchCallback
 from triobus.actors.batch_supervisor import BatchSupervisor
+from triobus.actors.events import BatchCompleted, CommandSent, Events, OperatorActed
 from triobus.actors.notifier import Notifier
 from triobus.actors.transaction import (
     Transaction,
@@ -20,6 +21,7 @@ from triobus.actors.transaction import (
 from triobus.persistence import audit, batch_operations, batches, commands, replies
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.new_commands import (
+    NewCommand,
     checked_batch_key,
     new_batch,
     new_batch_commands,
@@ -74,8 +76,10 @@ class CommandBus:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         json_default: JsonDefault | None = None,
+        events: Events | None = None,
     ) -> None:
         self._pool = pool
+        self.events = Events() if events is None else events
         self.json_default = json_default
         self._notifier = notifier
         self._batches = batches
@@ -120,7 +124,26 @@ class CommandBus:
         )
         transaction = joined(conn, self._pool, command.context)
         async with statement_connection(self._pool, transaction) as connection:
-            return await commands.insert_command(connection, command)
+            sent = await commands.insert_command(connection, command)
+        if self.events.active:
+            self._emit_sent([command], None, transaction)
+        return sent
+
+    def _emit_sent(
+        self, sent: Sequence[NewCommand], batch_id: UUID | None, transaction: Transaction | None
+    ) -> None:
+        self.events.emit_committed(
+            [
+                CommandSent(
+                    domain=c.domain,
+                    command_type=c.command_type,
+                    command_id=c.command_id,
+                    batch_id=batch_id,
+                )
+                for c in sent
+            ],
+            transaction,
+        )
 
     async def get_command(self, domain: str, command_id: UUID | str) -> CommandMetadata | None:
         """The command, or None if this domain has no command with this id."""
@@ -294,6 +317,8 @@ class CommandBus:
         transaction = joined(conn, self._pool, batch.context)
         async with statement_connection(self._pool, transaction) as connection:
             await batches.store_batch(connection, batch)
+        if self.events.active:
+            self._emit_sent(batch.commands, batch.batch_id, transaction)
         if on_complete is not None:
             watch = functools.partial(
                 self._batches.watch, batch.domain, batch.batch_id, on_complete
@@ -327,6 +352,8 @@ class CommandBus:
         transaction = joined(conn, self._pool, context)
         async with statement_connection(self._pool, transaction) as connection:
             await batch_operations.add_to_batch(connection, checked_domain, checked_id, validated)
+        if self.events.active:
+            self._emit_sent(validated, checked_id, transaction)
 
     async def close_batch(
         self, domain: str, batch_id: UUID | str, *, conn: Transaction | None = None
@@ -338,7 +365,16 @@ class CommandBus:
         checked_domain, checked_id, context = checked_batch_key(domain, batch_id)
         transaction = joined(conn, self._pool, context)
         async with statement_connection(self._pool, transaction) as connection:
-            return await batch_operations.close_batch(connection, checked_domain, checked_id)
+            completed = await batch_operations.close_batch(connection, checked_domain, checked_id)
+        if completed and self.events.active:
+            self._emit_completed(checked_domain, checked_id, transaction)
+        return completed
+
+    def _emit_completed(self, domain: str, batch_id: UUID, transaction: Transaction | None) -> None:
+        """A batch closed or canceled to completion (its members' changes emit the rest)."""
+        self.events.emit_committed(
+            [BatchCompleted(domain=domain, batch_id=batch_id, counts=None)], transaction
+        )
 
     async def cancel_batch(
         self,
@@ -365,13 +401,25 @@ class CommandBus:
         checked_operator = check_operator(operator, context=context)
         transaction = joined(conn, self._pool, context)
         async with statement_connection(self._pool, transaction) as connection:
-            return await batch_operations.cancel_batch(
+            canceled, completed = await batch_operations.cancel_batch(
                 connection,
                 checked_domain,
                 checked_id,
                 reason=checked_reason,
                 operator=checked_operator,
             )
+        if self.events.active:
+            acted = OperatorActed(
+                action="cancel_batch",
+                domain=checked_domain,
+                operator=checked_operator,
+                count=canceled,
+                batch_id=checked_id,
+            )
+            self.events.emit_committed([acted], transaction)
+            if completed:
+                self._emit_completed(checked_domain, checked_id, transaction)
+        return canceled
 
     async def get_batch(self, domain: str, batch_id: UUID | str) -> BatchMetadata | None:
         """The batch with its counts, or None."""

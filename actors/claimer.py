@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from triobus.actors.events import CommandClaimed, Events, LeaseExpired
 from triobus.actors.in_flight import InFlight
 from triobus.actors.notifier import Notifier
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
@@ -47,8 +48,10 @@ class Claimer:
         poll_interval: float,
         claim_batch: int,
         note_error: Callable[[str], None],
+        events: Events | None = None,
     ) -> None:
         self.domain = domain
+        self._events = Events() if events is None else events
         self._pool = pool
         self._notifier = notifier
         self._in_flight = in_flight
@@ -123,7 +126,32 @@ class Claimer:
             logger.debug(
                 "claimed %s/%s attempt %d", self.domain, claim.command.command_id, claim.attempt
             )
+        if self._events.active:
+            self._emit(claimed)
         return claimed
+
+    def _emit(self, claimed: list[ClaimedCommand]) -> None:
+        emit = self._events.emit
+        for claim in claimed:
+            command = claim.command
+            if claim.lease_expired:
+                emit(
+                    LeaseExpired(
+                        domain=command.domain,
+                        command_type=command.command_type,
+                        command_id=command.command_id,
+                        attempt=claim.attempt,
+                    )
+                )
+            emit(
+                CommandClaimed(
+                    domain=command.domain,
+                    command_type=command.command_type,
+                    command_id=command.command_id,
+                    attempt=claim.attempt,
+                    waited=claim.waited,
+                )
+            )
 
     def _failed(self, error: DatabaseError) -> None:
         self._note_error(f"claim failed: {error}")

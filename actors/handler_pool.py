@@ -106,6 +106,8 @@ class HandlerPool:
                 await ack_send.send(message)
 
     async def _attempt(self, claim: ClaimedCommand) -> AckMessage:
+        started = trio.current_time()
+
         def result_of(run: HandlerRun) -> HandlerResult:
             return outcome_of(
                 claim,
@@ -113,6 +115,7 @@ class HandlerPool:
                 self._retry_policy,
                 max_result_bytes=self._max_result_bytes,
                 json_default=self._json_default,
+                duration=trio.current_time() - started,
             )
 
         handler = self._registry.get(self.domain, claim.command.command_type)

@@ -159,9 +159,11 @@ def outcome_of(
     *,
     max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     json_default: JsonDefault | None = None,
+    duration: float = 0.0,
 ) -> HandlerResult:
-    """The result to acknowledge for `run` of `claim` (the table in the module docstring).
-    Error text is stored as PostgreSQL can store it (`storable_text`), never refused."""
+    """The result to acknowledge for `run` of `claim` (the table in the module docstring),
+    which took `duration` seconds. Error text is stored as PostgreSQL can store it
+    (`storable_text`), never refused."""
     command = claim.command
     result = functools.partial(
         HandlerResult,
@@ -169,6 +171,9 @@ def outcome_of(
         command_id=command.command_id,
         lease_token=claim.lease_token,
         batch_id=command.batch_id,
+        command_type=command.command_type,
+        attempt=claim.attempt,
+        duration=duration,
     )
     if isinstance(run, Returned):
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +30,12 @@ import trio_asyncio
 from triobus.actors.batch_actor import BatchCallback, BatchWatchStatistics
 from triobus.actors.batch_supervisor import BatchSupervisor
 from triobus.actors.bus import CommandBus
+from triobus.actors.events import (
+    BatchCompleted,
+    DatabaseRecovered,
+    DatabaseUnavailable,
+    Events,
+)
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.maintenance import (
     DEFAULT_RETENTION,
@@ -53,7 +59,7 @@ from triobus.persistence.embedded import open_embedded_postgres
 from triobus.persistence.errors import BatchNotFoundError, InvalidOperationError, ValidationError
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
-from triobus.persistence.records import BatchMetadata
+from triobus.persistence.records import BatchMetadata, CommandChange
 from triobus.persistence.schedules import ScheduleRecord
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -139,8 +145,10 @@ class Runtime:
         notifier: Notifier,
         batches: BatchSupervisor,
         nursery: trio.Nursery,
+        events: Events | None = None,
     ) -> None:
         self.options = options
+        self.events = Events() if events is None else events
         self.dsn = dsn
         self.pool = pool
         self.registry = options.registry
@@ -152,12 +160,14 @@ class Runtime:
             batches,
             max_payload_bytes=max_payload_bytes,
             json_default=json_default,
+            events=self.events,
         )
         self.tsq = TroubleshootingQueue(
             pool,
-            on_changed=batches.deliver_changes,
+            on_changed=self._changed,
             max_payload_bytes=max_payload_bytes,
             json_default=json_default,
+            events=self.events,
         )
         self._batches = batches
         self._notifier = notifier
@@ -165,6 +175,21 @@ class Runtime:
         self._workers: list[Worker] = []
         self._transactions = TransactionSlots(pool)
         self._schedules: dict[str, Schedule] = {}
+
+    def _changed(self, changes: Sequence[CommandChange]) -> None:
+        """Committed changes: to the batch actors, and a BatchCompleted event for each
+        batch one of them completed."""
+        if self.events.active:
+            for change in changes:
+                if change.batch_completed and change.batch_id is not None:
+                    self.events.emit(
+                        BatchCompleted(
+                            domain=change.domain,
+                            batch_id=change.batch_id,
+                            counts=change.batch_counts,
+                        )
+                    )
+        self._batches.deliver_changes(changes)
 
     async def start_worker(
         self,
@@ -214,9 +239,10 @@ class Runtime:
             pool=self.pool,
             registry=registry,
             notifier=self._notifier,
-            on_acked=self._batches.deliver_changes,
+            on_acked=self._changed,
             bus=self.bus,
             transactions=self._transactions,
+            events=self.events,
         )
         await self._nursery.start(worker.run)
         self._workers.append(worker)
@@ -492,6 +518,11 @@ async def open_runtime(
             )
             await stack.enter_async_context(trio_asyncio.open_loop())  # for asyncio handlers
             async with trio.open_nursery() as nursery:
+                events = Events()
+                pool.outage.on_lost = lambda error: events.emit(DatabaseUnavailable(error=error))
+                pool.outage.on_recovered = lambda seconds: events.emit(
+                    DatabaseRecovered(seconds=seconds)
+                )
                 notifier = Notifier(pool)
                 await nursery.start(notifier.run)
                 batches = BatchSupervisor(
@@ -499,6 +530,7 @@ async def open_runtime(
                     notifier,
                     callback_timeout=options.batch_callback_timeout,
                     reconcile_interval=options.batch_reconcile_interval,
+                    events=events,
                 )
                 await nursery.start(batches.run)
                 if options.retention is not None and not options.retention.disabled:
@@ -514,6 +546,7 @@ async def open_runtime(
                     notifier=notifier,
                     batches=batches,
                     nursery=nursery,
+                    events=events,
                 )
                 try:
                     yield runtime

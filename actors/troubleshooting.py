@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
+from triobus.actors.events import Events, OperatorActed
 from triobus.actors.messages import OnChanges
 from triobus.actors.transaction import (
     Transaction,
@@ -63,7 +64,9 @@ class TroubleshootingQueue:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         json_default: JsonDefault | None = None,
+        events: Events | None = None,
     ) -> None:
+        self._events = Events() if events is None else events
         self._json_default = json_default
         self._pool = pool
         self._on_changed = on_changed
@@ -234,7 +237,9 @@ class TroubleshootingQueue:
                 batch_id=checked_id,
                 operator=checked_operator,
             )
-        self._notify(changed, transaction)
+        self._notify(
+            changed, transaction, "retry_batch", checked_domain, checked_operator, checked_id
+        )
         return len(changed)
 
     def _encoded(self, kind: str, payload: object, context: str) -> str | None:
@@ -287,7 +292,7 @@ class TroubleshootingQueue:
                 result_json=result_json,
                 data_json=data_json,
             )
-        self._notify(changed, conn)
+        self._notify(changed, conn, action.lower(), domain, operator)
 
     async def _act_on_all(
         self,
@@ -308,11 +313,30 @@ class TroubleshootingQueue:
                 operator=operator,
                 reason=reason,
             )
-        self._notify(changed, conn)
+        self._notify(changed, conn, f"{action.lower()}_all", domain, operator)
         return len(changed)
 
-    def _notify(self, changed: Sequence[CommandChange], conn: Transaction | None) -> None:
-        """Hand the changes on once they are committed: now, or after `conn` commits."""
+    def _notify(
+        self,
+        changed: Sequence[CommandChange],
+        conn: Transaction | None,
+        action: str,
+        domain: str,
+        operator: str | None,
+        batch_id: UUID | None = None,
+    ) -> None:
+        """Hand the changes on once they are committed (now, or after `conn` commits), and
+        emit the operator's `action`."""
+        if self._events.active:
+            acted = OperatorActed(
+                action=action,
+                domain=domain,
+                operator=operator,
+                count=len(changed),
+                command_ids=tuple(c.command_id for c in changed),
+                batch_id=batch_id,
+            )
+            self._events.emit_committed([acted], conn)
         on_changed = self._on_changed
         if on_changed is None or not changed:
             return

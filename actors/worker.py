@@ -27,6 +27,7 @@ import trio
 
 from triobus.actors.acker import Acker
 from triobus.actors.claimer import Claimer
+from triobus.actors.events import Events
 from triobus.actors.handler_pool import HandlerPool
 from triobus.actors.handlers import HandlerRegistry
 from triobus.actors.in_flight import InFlight
@@ -158,9 +159,11 @@ class Worker:
         on_acked: OnChanges | None = None,
         bus: CommandBus | None = None,
         transactions: TransactionSlots | None = None,
+        events: Events | None = None,
     ) -> None:
         """`bus` is what handlers send follow-ups with (`ctx.send`); `transactions` bounds
-        the transactional handlers of the runtime (default: this pool's own slots)."""
+        the transactional handlers of the runtime (default: this pool's own slots);
+        `events` hears of claims and results (`events.py`)."""
         self.options = options
         self.domain = options.domain
         self._in_flight = InFlight(options.concurrency, options.prefetch)
@@ -175,6 +178,7 @@ class Worker:
             poll_interval=options.poll_interval,
             claim_batch=max(1, options.concurrency // 2),
             note_error=self._note_error,
+            events=events,
         )
         self._handlers = HandlerPool(
             domain=options.domain,
@@ -194,6 +198,7 @@ class Worker:
             in_flight=self._in_flight,
             on_acked=on_acked,
             note_error=self._note_error,
+            events=events,
         )
         self._leases = LeaseKeeper(
             domain=options.domain,

@@ -143,7 +143,7 @@ WITH {_EVALUATED}, waiting AS (
     )
 }
 ), {_CANCEL_COUNTS}
-SELECT count(*) AS canceled FROM changed
+SELECT count(*) AS canceled, {_COMPLETED_NOW} FROM changed
 """
 
 
@@ -208,11 +208,12 @@ async def close_batch(conn: Connection, domain: str, batch_id: UUID) -> bool:
 
 async def cancel_batch(
     conn: Connection, domain: str, batch_id: UUID, *, reason: str, operator: str | None
-) -> int:
+) -> tuple[int, bool]:
     """Cancel a batch: closed, and every member PENDING or in the TSQ CANCELED (with a
     CANCELED reply); members running now finish. It completes here if none is open.
-    Returns how many members it canceled. Raises `BatchNotFoundError`, or
-    `InvalidOperationError` if the batch was canceled already or has completed."""
+    Returns how many members it canceled, and whether it completed. Raises
+    `BatchNotFoundError`, or `InvalidOperationError` if the batch was canceled already or
+    has completed."""
     params = {"domain": domain, "batch_id": batch_id, "reason": reason, "operator": operator}
     async with conn.transaction():
         await conn.execute(LOCK_AGAINST_ACKS, params)
@@ -221,4 +222,4 @@ async def cancel_batch(
             await _refuse(conn, domain, batch_id, "cancel")
         row = await conn.fetch_one(CANCEL_WAITING_MEMBERS, params)
     assert row is not None
-    return int(row["canceled"])
+    return int(row["canceled"]), bool(row["completed"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
@@ -23,13 +24,16 @@ class Outage:
     still succeeds on an older one (the server is shutting down but has not reached
     that backend yet) does not; and a loss met late on a connection from before the
     last recovery (`DatabaseUnavailableError.stale`) belongs to the outage already logged.
-    Times are `time.monotonic()`, like `DriverConnection.opened_at`.
+    Times are `time.monotonic()`, like `DriverConnection.opened_at`. `on_lost(error)`
+    and `on_recovered(seconds)`, when set, are told too (the runtime's events).
     """
 
     def __init__(self) -> None:
         self.since: float | None = None  # when the current outage began
         self.ended_at = -math.inf  # when the last outage ended
         self.count = 0
+        self.on_lost: Callable[[str], object] | None = None
+        self.on_recovered: Callable[[float], object] | None = None
 
     def report(self, error: DatabaseError, doing: str) -> None:
         """Log `error`, met while `doing`: an unreachable database once per outage,
@@ -42,6 +46,8 @@ class Outage:
             logger.warning(
                 "database unavailable (%s: %s); retrying with back-off and jitter", doing, error
             )
+            if self.on_lost is not None:
+                self.on_lost(f"{doing}: {error}")
         else:
             logger.debug("%s: %s", doing, error)
 
@@ -57,5 +63,8 @@ class Outage:
         """A statement succeeded on a connection opened at `connected_at`."""
         if self.since is not None and connected_at >= self.since:
             self.ended_at = time.monotonic()
-            logger.warning("database reachable again after %.1f s", self.ended_at - self.since)
+            seconds = self.ended_at - self.since
+            logger.warning("database reachable again after %.1f s", seconds)
             self.since = None
+            if self.on_recovered is not None:
+                self.on_recovered(seconds)

@@ -59,7 +59,7 @@ _BATCH_CANCELED_REPLY = "jsonb_build_object('reason', 'its batch was canceled')"
 
 CLAIM_COMMANDS = f"""
 WITH candidates AS (
-    SELECT domain, command_id, status,
+    SELECT domain, command_id, status, visible_at AS claimable_since,
            status = {_IN_PROGRESS_SQL}
                AND attempts >= coalesce(max_attempts, %(default_max_attempts)s) AS exhausted
     FROM triobus.command
@@ -77,7 +77,7 @@ WITH candidates AS (
     WHERE c.domain = k.domain AND c.command_id = k.command_id AND NOT k.exhausted
     RETURNING c.domain, c.command_id, c.command_type, c.data, c.correlation_id, c.reply_to,
               c.batch_id, c.attempts, c.max_attempts, c.lease_token, c.visible_at,
-              k.status AS claimed_from
+              k.status AS claimed_from, k.claimable_since
 ), exhausted AS (
     UPDATE triobus.command c
     SET status = {_IN_TSQ_SQL}, lease_token = NULL, updated_at = now(),
@@ -106,7 +106,9 @@ WITH candidates AS (
     )
 }
 SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
-       max_attempts, lease_token
+       max_attempts, lease_token,
+       greatest(0, extract(epoch FROM now() - claimable_since))::float8 AS waited,
+       claimed_from = {_IN_PROGRESS_SQL} AS lease_expired
 FROM claimed ORDER BY visible_at, command_id
 """
 
@@ -277,6 +279,8 @@ class ClaimedCommand:
     attempt: int
     max_attempts: int | None
     lease_token: UUID
+    waited: float = 0.0  # seconds it was claimable before this claim
+    lease_expired: bool = False  # claimed again: the previous attempt's lease expired
 
     @classmethod
     def from_row(cls, row: Row) -> ClaimedCommand:
@@ -285,6 +289,8 @@ class ClaimedCommand:
             attempt=row["attempts"],
             max_attempts=row["max_attempts"],
             lease_token=row["lease_token"],
+            waited=row["waited"],
+            lease_expired=row["lease_expired"],
         )
 
 
@@ -341,6 +347,10 @@ class HandlerResult:
     error_code: str | None = None
     error_message: str | None = None
     error_details_json: str | None = None
+    # for events only, never written: what ran, and for how long (seconds)
+    command_type: str = ""
+    attempt: int = 0
+    duration: float = 0.0
 
 
 async def claim_commands(

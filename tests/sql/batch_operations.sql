@@ -133,7 +133,7 @@ WITH evaluated AS (SELECT %(domain)s::text AS domain, %(batch_id)s::uuid AS batc
     FROM batch_follow_ups
     RETURNING pg_notify('triobus_command', domain)
 )
-SELECT count(*) AS canceled FROM changed;
+SELECT count(*) AS canceled, coalesce((SELECT newly_completed FROM batch_updated), false) AS completed FROM changed;
 
 -- name: CLOSE_OPEN_BATCH
 WITH closed AS (
