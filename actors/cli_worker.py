@@ -127,6 +127,8 @@ def add_worker_arguments(worker: argparse.ArgumentParser) -> None:
     option("--log-level", str.upper, "INFO", f"one of {', '.join(LOG_LEVELS)}")
     option("--log-format", LogFormat, LogFormat.TEXT, "text or json")
     option("--stats-interval", float, 60.0, "seconds between statistics lines, 0: none")
+    option("--metrics-port", int, None, "serve Prometheus metrics on this port, 0: any free one")
+    option("--metrics-host", str, "127.0.0.1", "the address the metrics are served on")
     option(
         "--retention",
         duration,
@@ -201,6 +203,7 @@ async def run_worker(args: argparse.Namespace, dsn: str) -> int:
             ) as runtime,
             started(application, runtime, f"the application {args.app!r}") as registry,
         ):
+            close_metrics = _serve_metrics(args, runtime)
             try:
                 workers = [await _start(args, runtime, registry, d) for d in domains]
                 _log_start(workers, registry, dsn)
@@ -208,6 +211,34 @@ async def run_worker(args: argparse.Namespace, dsn: str) -> int:
             finally:  # a factory's dependencies are closed after the last handler
                 with trio.CancelScope(shield=True):
                     await runtime.stop_workers()
+                close_metrics()
+
+
+def _serve_metrics(args: argparse.Namespace, runtime: Runtime) -> Callable[[], None]:
+    """With --metrics-port: count the runtime's events and serve them; what stops it."""
+    if args.metrics_port is None:
+        return lambda: None
+    try:
+        from triobus.actors.metrics import PrometheusMetrics, serve_metrics
+    except ImportError as ex:
+        raise UsageError(
+            f"--metrics-port needs prometheus-client: pip install 'triobus[prometheus]' ({ex})"
+        ) from None
+    metrics = PrometheusMetrics(runtime.events)
+    try:
+        server = serve_metrics(metrics, port=args.metrics_port, host=args.metrics_host)
+    except OSError as ex:
+        metrics.close()
+        raise UsageError(
+            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {ex}"
+        ) from None
+    logger.info("metrics at http://%s:%d/metrics", args.metrics_host, server.port)
+
+    def close() -> None:
+        server.close()
+        metrics.close()
+
+    return close
 
 
 async def _start(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import attrs
 import pytest
@@ -364,3 +366,55 @@ async def test_every_worker_option_is_in_help_with_its_variable() -> None:
         "TRIOBUS_STATS_INTERVAL",
     ):
         assert f"${variable}" in text, variable
+
+
+async def test_metrics_are_served_on_the_metrics_port(
+    triobus_runtime: Runtime,
+    triobus_dsn: str,
+    start_worker: Callable[..., Any],
+    eventually: Callable[..., Any],
+) -> None:
+    worker = await start_worker(triobus_dsn, "--metrics-port", "0")
+    url = worker.read_line_with("metrics at ").split("metrics at ")[1]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    await completes(triobus_runtime, eventually)
+
+    async def counted() -> str:
+        text = await trio.to_thread.run_sync(lambda: urlopen(url, timeout=10).read().decode())
+        line = (
+            'triobus_commands_finished_total{command_type="Hello",domain="d",outcome="COMPLETED"}'
+        )
+        return text if f"{line} 1.0" in text else ""
+
+    text = await eventually(counted)
+    assert 'triobus_command_duration_seconds_count{command_type="Hello",domain="d"' in text
+    assert "triobus_database_available 1.0" in text
+    worker.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await worker.process.wait() == 0
+
+
+async def test_a_taken_metrics_port_is_a_usage_error(triobus_dsn: str, app_folder: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        result = await trio.run_process(
+            [
+                TRIOBUS,
+                "worker",
+                "--app",
+                "invoicing.handlers:registry",
+                "--domain",
+                "d",
+                "--metrics-port",
+                str(port),
+            ],
+            cwd=str(app_folder),
+            env={**environment, "TRIOBUS_DSN": triobus_dsn},
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr.decode()
