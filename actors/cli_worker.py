@@ -17,13 +17,14 @@ running handlers cancelled, their commands released, exit status 128 + the signa
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
@@ -203,23 +204,26 @@ async def run_worker(args: argparse.Namespace, dsn: str) -> int:
             ) as runtime,
             started(application, runtime, f"the application {args.app!r}") as registry,
         ):
-            close_metrics = _serve_metrics(args, runtime)
+            close_metrics, watch_gauges = _serve_metrics(args, runtime)
             try:
                 workers = [await _start(args, runtime, registry, d) for d in domains]
                 _log_start(workers, registry, dsn)
-                return await _serve(args, runtime, workers, signals)
+                return await _serve(args, runtime, workers, signals, watch_gauges)
             finally:  # a factory's dependencies are closed after the last handler
                 with trio.CancelScope(shield=True):
                     await runtime.stop_workers()
                 close_metrics()
 
 
-def _serve_metrics(args: argparse.Namespace, runtime: Runtime) -> Callable[[], None]:
-    """With --metrics-port: count the runtime's events and serve them; what stops it."""
+def _serve_metrics(
+    args: argparse.Namespace, runtime: Runtime
+) -> tuple[Callable[[], None], Callable[[], Awaitable[None]] | None]:
+    """With --metrics-port: count the runtime's events and serve them; what stops it, and
+    the task that keeps the database gauges."""
     if args.metrics_port is None:
-        return lambda: None
+        return (lambda: None), None
     try:
-        from triobus.actors.metrics import PrometheusMetrics, serve_metrics
+        from triobus.actors.metrics import PrometheusMetrics, serve_metrics, watch_gauges
     except ImportError as ex:
         raise UsageError(
             f"--metrics-port needs prometheus-client: pip install 'triobus[prometheus]' ({ex})"
@@ -238,7 +242,7 @@ def _serve_metrics(args: argparse.Namespace, runtime: Runtime) -> Callable[[], N
         server.close()
         metrics.close()
 
-    return close
+    return close, functools.partial(watch_gauges, runtime.pool, metrics)
 
 
 async def _start(
@@ -290,11 +294,17 @@ def _log_start(workers: list[Worker], registry: HandlerRegistry, dsn: str) -> No
 
 
 async def _serve(
-    args: argparse.Namespace, runtime: Runtime, workers: list[Worker], signals: AsyncIterator[int]
+    args: argparse.Namespace,
+    runtime: Runtime,
+    workers: list[Worker],
+    signals: AsyncIterator[int],
+    watch_gauges: Callable[[], Awaitable[None]] | None,
 ) -> int:
     async with trio.open_nursery() as nursery:
         if args.stats_interval > 0:
             nursery.start_soon(_log_statistics, workers, args.stats_interval)
+        if watch_gauges is not None:
+            nursery.start_soon(watch_gauges)
         first = await anext(aiter(signals))
         nursery.cancel_scope.cancel()
     running = sum(w.statistics().running for w in workers)

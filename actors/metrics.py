@@ -2,20 +2,28 @@
 
     metrics = PrometheusMetrics(runtime.events)   # counts from now on
     server = serve_metrics(metrics, port=9464)    # GET /metrics, in a thread
+    nursery.start_soon(watch_gauges, runtime.pool, metrics)
     ...
     server.close()
 
-`triobus worker --metrics-port` does both. Each process counts its own work (sum over
-processes in the queries); the labels are the domain, the command type and, where there
-is one, the outcome or action: bounded by what the application registers, never by ids.
+`triobus worker --metrics-port` does all three. Each process counts its own work (sum
+over processes in the queries); the labels are the domain, the command type and, where
+there is one, the outcome or action: bounded by what the application registers, never
+by ids. The database gauges (commands waiting per domain and status, the oldest runnable
+one's age) are the same in every process: one process at a time computes them, at most
+once per interval, and every process reads that snapshot (`persistence/gauges.py`), so
+take `max` over processes, not the sum.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from wsgiref.simple_server import WSGIServer
 
 import attrs
+import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from triobus.actors.events import (
@@ -33,8 +41,16 @@ from triobus.actors.events import (
     LeaseExpired,
     OperatorActed,
 )
+from triobus.persistence import gauges
+from triobus.persistence.errors import DatabaseError
+from triobus.persistence.gauges import GaugeSnapshot
+from triobus.persistence.pool import ConnectionPool
+from triobus.persistence.records import CommandStatus
+
+logger = logging.getLogger(__name__)
 
 COMMAND = ("domain", "command_type")
+GAUGES_INTERVAL = 15.0
 # seconds: from a millisecond (a no-op handler, a claim on an idle queue) to an hour
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
@@ -94,7 +110,40 @@ class PrometheusMetrics:
             registry=self.registry,
         )
         self.available.set(1)
+        self.commands = Gauge(
+            "triobus_commands",
+            "Open commands per domain and status (PENDING, IN_PROGRESS, IN_TROUBLESHOOTING_QUEUE)",
+            ("domain", "status"),
+            registry=self.registry,
+        )
+        self.oldest_runnable = Gauge(
+            "triobus_oldest_runnable_seconds",
+            "How long the oldest runnable PENDING command of the domain has waited",
+            ("domain",),
+            registry=self.registry,
+        )
+        self.gauges_age = Gauge(
+            "triobus_gauges_computed_seconds_ago",
+            "The age of the database gauges' snapshot",
+            registry=self.registry,
+        )
+        self._seen: set[tuple[str, str]] = set()
         self.close: Callable[[], None] = events.subscribe(self._count)
+
+    def show(self, snapshot: GaugeSnapshot, now: datetime) -> None:
+        """Set the database gauges from `snapshot`; a domain and status seen before but
+        absent now is 0 (its series does not vanish, so alerts on it keep working)."""
+        current = {(g.domain, str(g.status)): g for g in snapshot.gauges}
+        for domain, status in self._seen - current.keys():
+            self.commands.labels(domain, status).set(0)
+            if status == CommandStatus.PENDING:
+                self.oldest_runnable.labels(domain).set(0)
+        for (domain, status), gauge in current.items():
+            self.commands.labels(domain, status).set(gauge.commands)
+            if gauge.status is CommandStatus.PENDING:
+                self.oldest_runnable.labels(domain).set(gauge.oldest_runnable_seconds or 0)
+        self._seen |= current.keys()
+        self.gauges_age.set(max(0.0, (now - snapshot.computed_at).total_seconds()))
 
     def _count(self, event: Event) -> None:
         match event:
@@ -124,6 +173,29 @@ class PrometheusMetrics:
                 self.available.set(0)
             case DatabaseRecovered():
                 self.available.set(1)
+
+
+async def watch_gauges(
+    pool: ConnectionPool, metrics: PrometheusMetrics, *, interval: float = GAUGES_INTERVAL
+) -> None:
+    """Every `interval` seconds: refresh the database gauges' snapshot if it is due and no
+    other process is at it, then show it. A database error is logged, and tried again."""
+    while True:
+        try:
+            await refresh_and_show(pool, metrics, max_age=interval)
+        except DatabaseError as ex:
+            logger.warning("the database gauges could not be read: %s", ex)
+        await trio.sleep(interval)
+
+
+async def refresh_and_show(
+    pool: ConnectionPool, metrics: PrometheusMetrics, *, max_age: float
+) -> None:
+    async with pool.connection() as conn:
+        await gauges.refresh_gauges(conn, max_age=max_age)
+        snapshot = await gauges.select_gauges(conn)
+    if snapshot is not None:
+        metrics.show(snapshot, datetime.now(UTC))
 
 
 @attrs.frozen

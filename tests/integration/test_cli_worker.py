@@ -389,6 +389,7 @@ async def test_metrics_are_served_on_the_metrics_port(
     text = await eventually(counted)
     assert 'triobus_command_duration_seconds_count{command_type="Hello",domain="d"' in text
     assert "triobus_database_available 1.0" in text
+    assert "triobus_gauges_computed_seconds_ago" in text  # its gauges were read at start
     worker.process.send_signal(signal.SIGTERM)
     with trio.fail_after(30):
         assert await worker.process.wait() == 0

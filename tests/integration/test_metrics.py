@@ -1,4 +1,5 @@
-"""Prometheus metrics: what the runtime's events count, and the /metrics endpoint."""
+"""Prometheus metrics: what the runtime's events count, the database gauges, and the
+/metrics endpoint."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from triobus.actors import (
     Runtime,
     TransientCommandError,
 )
-from triobus.actors.metrics import PrometheusMetrics, serve_metrics
+from triobus.actors.metrics import PrometheusMetrics, refresh_and_show, serve_metrics
+from triobus.persistence.driver import connect
+from triobus.persistence.gauges import GAUGES_LOCK_KEY
 
 FLAKY = {"domain": "d", "command_type": "Flaky"}
 
@@ -89,3 +92,49 @@ async def test_the_metrics_are_served_over_http(triobus_runtime: Runtime) -> Non
         server.close()
         metrics.close()
     assert 'triobus_commands_sent_total{command_type="Flaky",domain="d"} 1.0' in text
+
+
+async def test_the_database_gauges_are_computed_by_one_process_at_a_time_and_read_by_all(
+    triobus_runtime: Runtime, triobus_dsn: str, eventually: Callable[..., Any]
+) -> None:
+    runtime = triobus_runtime
+
+    @runtime.registry.handler("p", "Broken")
+    async def broken(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("BROKEN", "needs an operator")
+
+    await runtime.bus.send("p", "Broken", uuid.uuid4(), {})
+    await runtime.drain("p")
+    for _ in range(3):
+        await runtime.bus.send("d", "T", uuid.uuid4(), {})
+    await runtime.bus.send("e", "T", uuid.uuid4(), {}, delay=3600)  # waiting, not runnable
+    first, second = PrometheusMetrics(runtime.events), PrometheusMetrics(runtime.events)
+
+    await refresh_and_show(runtime.pool, first, max_age=60)
+    assert sample(first, "triobus_commands", domain="d", status="PENDING") == 3
+    assert sample(first, "triobus_commands", domain="e", status="PENDING") == 1
+    assert sample(first, "triobus_commands", domain="p", status="IN_TROUBLESHOOTING_QUEUE") == 1
+    assert sample(first, "triobus_oldest_runnable_seconds", domain="d") > 0
+    assert sample(first, "triobus_oldest_runnable_seconds", domain="e") == 0
+
+    # a second process within the interval reads the same snapshot: nothing is recounted
+    await runtime.bus.send("d", "T", uuid.uuid4(), {})
+    await refresh_and_show(runtime.pool, second, max_age=60)
+    assert sample(second, "triobus_commands", domain="d", status="PENDING") == 3
+    # while another process computes (holds the lock), a due snapshot is left to it
+    holder = await connect(triobus_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock(%s)", (GAUGES_LOCK_KEY,))
+            await refresh_and_show(runtime.pool, second, max_age=0)
+            assert sample(second, "triobus_commands", domain="d", status="PENDING") == 3
+    finally:
+        await holder.close()
+    await refresh_and_show(runtime.pool, second, max_age=0)
+    assert sample(second, "triobus_commands", domain="d", status="PENDING") == 4
+
+    # a domain with nothing open any more shows 0, it does not vanish
+    await runtime.tsq.cancel_all("p", reason="done")
+    await refresh_and_show(runtime.pool, second, max_age=0)
+    assert sample(second, "triobus_commands", domain="p", status="IN_TROUBLESHOOTING_QUEUE") == 0
+    assert 0 <= sample(second, "triobus_gauges_computed_seconds_ago") < 60

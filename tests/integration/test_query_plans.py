@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from triobus.persistence.driver import DriverConnection, connect
+from triobus.persistence.gauges import GAUGES_LOCK_KEY, REFRESH_GAUGES
 from triobus.persistence.queue import (
     ACK_IF_CLAIMED,
     CLAIM_COMMANDS,
@@ -97,3 +98,11 @@ async def test_lease_guarded_writes_find_commands_by_primary_key(
     text = await plan(conn, sql, params)
     assert "command_pkey" in text
     assert "command_claimable" not in text
+
+
+async def test_the_gauges_read_only_the_partial_indexes_of_open_commands(
+    conn: DriverConnection,
+) -> None:
+    text = await plan(conn, REFRESH_GAUGES, {"key": GAUGES_LOCK_KEY, "max_age": 0.0})
+    assert "command_claimable" in text and "command_troubleshooting" in text
+    assert "Seq Scan on command" not in text

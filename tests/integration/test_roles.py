@@ -23,6 +23,7 @@ from triobus.actors import (
 from triobus.actors.maintenance import Pruner, RetentionPolicy
 from triobus.persistence.driver import connect
 from triobus.persistence.errors import SchemaError
+from triobus.persistence.gauges import refresh_gauges
 
 
 async def test_producer_worker_and_operator_roles_suffice(
@@ -68,6 +69,9 @@ async def test_producer_worker_and_operator_roles_suffice(
             return bool(await bus.query_commands(domain="clock"))
 
         await eventually(ticked)
+        # ... and keeps the metrics' database gauges
+        async with worker.pool.connection() as conn:
+            assert await refresh_gauges(conn, max_age=0)
         assert (await producer.wait_batch("d", batch_id, timeout=15)).completed_count == 3
         follow_up = (await producer.wait_batch("d", filled, timeout=15)).follow_ups[0]
 

@@ -53,6 +53,7 @@ async def test_concurrent_migrations_apply_each_version_once(
             "audit",
             "batch",
             "command",
+            "gauge_snapshot",
             "reply",
             "schedule",
             "schema_version",

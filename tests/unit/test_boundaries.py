@@ -21,6 +21,7 @@ TRIO_FREE = (
     "connection",
     "cron",
     "errors",
+    "gauges",
     "json_values",
     "literals",
     "new_commands",
