@@ -41,6 +41,7 @@ from triobus.persistence.records import (
     Reply,
     SendResult,
 )
+from triobus.persistence.tracing import command_send_span, send_span
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_async_callable,
@@ -123,8 +124,9 @@ class CommandBus:
             json_default=self.json_default,
         )
         transaction = joined(conn, self._pool, command.context)
-        async with statement_connection(self._pool, transaction) as connection:
-            sent = await commands.insert_command(connection, command)
+        with command_send_span(command):
+            async with statement_connection(self._pool, transaction) as connection:
+                sent = await commands.insert_command(connection, command)
         if self.events.active:
             self._emit_sent([command], None, transaction)
         return sent
@@ -315,8 +317,9 @@ class CommandBus:
         if on_complete is not None:
             check_async_callable("on_complete", on_complete, context=batch.context)
         transaction = joined(conn, self._pool, batch.context)
-        async with statement_connection(self._pool, transaction) as connection:
-            await batches.store_batch(connection, batch)
+        with send_span(batch.domain, batch_id=batch.batch_id, count=len(batch.commands)):
+            async with statement_connection(self._pool, transaction) as connection:
+                await batches.store_batch(connection, batch)
         if self.events.active:
             self._emit_sent(batch.commands, batch.batch_id, transaction)
         if on_complete is not None:
@@ -350,8 +353,11 @@ class CommandBus:
             context=context,
         )
         transaction = joined(conn, self._pool, context)
-        async with statement_connection(self._pool, transaction) as connection:
-            await batch_operations.add_to_batch(connection, checked_domain, checked_id, validated)
+        with send_span(checked_domain, batch_id=checked_id, count=len(validated)):
+            async with statement_connection(self._pool, transaction) as connection:
+                await batch_operations.add_to_batch(
+                    connection, checked_domain, checked_id, validated
+                )
         if self.events.active:
             self._emit_sent(validated, checked_id, transaction)
 

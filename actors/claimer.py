@@ -19,6 +19,7 @@ import trio
 from triobus.actors.events import CommandClaimed, Events, LeaseExpired
 from triobus.actors.in_flight import InFlight
 from triobus.actors.notifier import Notifier
+from triobus.persistence import tracing
 from triobus.persistence.errors import DatabaseError, DatabaseUnavailableError
 from triobus.persistence.notifications import Channel
 from triobus.persistence.pool import ConnectionPool
@@ -103,6 +104,7 @@ class Claimer:
         commands until their leases expire and count an attempt that never ran). Bounded
         by `CLAIM_TIMEOUT`: only a claim whose answer takes longer is left to its lease.
         """
+        started_ns = tracing.now_ns()
         try:
             with trio.CancelScope(shield=True), trio.fail_after(CLAIM_TIMEOUT):
                 async with self._pool.connection() as conn:
@@ -121,6 +123,7 @@ class Claimer:
             return []
         self.claim_statements += 1
         self.claimed += len(claimed)
+        tracing.claimed(self.domain, started_ns, len(claimed))
         self._in_flight.hold(claimed)
         for claim in claimed:
             logger.debug(

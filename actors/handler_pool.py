@@ -34,6 +34,7 @@ from triobus.actors.outcomes import (
 )
 from triobus.actors.transaction import Transaction
 from triobus.actors.transactional import TransactionSlots
+from triobus.persistence import tracing
 from triobus.persistence.errors import InvalidOperationError
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.queue import ClaimedCommand, HandlerResult
@@ -145,17 +146,26 @@ class HandlerPool:
             if self._handler_timeout is None
             else trio.move_on_after(self._handler_timeout)
         )
-        try:
-            with deadline as scope:
-                if handler.runs_on_asyncio:
-                    value = await trio_asyncio.aio_as_trio(handler.fn)(command, context)
-                else:
-                    value = await handler.fn(command, context)
-        except (KeyboardInterrupt, SystemExit):
-            raise  # the process is asked to stop (Ctrl-C lands in running code): it does
-        except BaseException as ex:  # however else a handler fails, it is its command's failure
-            await trio.lowlevel.checkpoint_if_cancelled()  # unless this worker is stopping
-            return Raised(ex)
-        if scope is not None and scope.cancelled_caught:
-            return TimedOut()
-        return Returned(value)
+        with tracing.process_span(
+            command.domain,
+            command.command_type,
+            command.command_id,
+            claim.attempt,
+            command.trace_context,
+        ) as failed:
+            try:
+                with deadline as scope:
+                    if handler.runs_on_asyncio:
+                        value = await trio_asyncio.aio_as_trio(handler.fn)(command, context)
+                    else:
+                        value = await handler.fn(command, context)
+            except (KeyboardInterrupt, SystemExit):
+                raise  # the process is asked to stop (Ctrl-C lands in running code): it does
+            except BaseException as ex:  # however a handler fails, it is its command's failure
+                await trio.lowlevel.checkpoint_if_cancelled()  # unless this worker is stopping
+                failed(ex)
+                return Raised(ex)
+            if scope is not None and scope.cancelled_caught:
+                failed(TimeoutError(f"the handler ran longer than {self._handler_timeout} s"))
+                return TimedOut()
+            return Returned(value)

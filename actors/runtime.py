@@ -180,15 +180,14 @@ class Runtime:
         """Committed changes: to the batch actors, and a BatchCompleted event for each
         batch one of them completed."""
         if self.events.active:
-            for change in changes:
-                if change.batch_completed and change.batch_id is not None:
-                    self.events.emit(
-                        BatchCompleted(
-                            domain=change.domain,
-                            batch_id=change.batch_id,
-                            counts=change.batch_counts,
-                        )
-                    )
+            completed = {  # every change of a statement tells of the batch it completed
+                (c.domain, c.batch_id): c.batch_counts
+                for c in changes
+                if c.batch_completed and c.batch_id is not None
+            }
+            for (domain, batch_id), counts in completed.items():
+                assert batch_id is not None
+                self.events.emit(BatchCompleted(domain=domain, batch_id=batch_id, counts=counts))
         self._batches.deliver_changes(changes)
 
     async def start_worker(

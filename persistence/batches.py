@@ -25,6 +25,7 @@ from triobus.persistence.errors import (
 from triobus.persistence.new_commands import NewBatch, NewCommand
 from triobus.persistence.notifications import Channel, notify_sql
 from triobus.persistence.records import BatchMetadata, BatchStatus
+from triobus.persistence.tracing import current_trace_context
 
 INSERT_BATCH = """
 INSERT INTO triobus.batch (domain, batch_id, name, custom_data, total_count, follow_ups, is_open)
@@ -36,7 +37,7 @@ RETURNING created_at
 COPY_COMMANDS = """
 COPY triobus.command
     (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
-     batch_id, visible_at)
+     batch_id, visible_at, trace_context)
 FROM STDIN (FORMAT BINARY)
 """
 COPY_COMMAND_TYPES = (
@@ -49,6 +50,7 @@ COPY_COMMAND_TYPES = (
     "int4",
     "uuid",
     "timestamptz",
+    "jsonb",
 )
 
 _BATCH_MEMBERS = "triobus.command, notified WHERE domain = %(domain)s AND batch_id = %(batch_id)s"
@@ -80,6 +82,8 @@ ORDER BY created_at DESC, batch_id LIMIT %(limit)s OFFSET %(offset)s
 def _copy_rows(
     commands: Sequence[NewCommand], batch_id: UUID, db_now: datetime
 ) -> Iterator[tuple[Any, ...]]:
+    traced = current_trace_context()  # one span sends the whole batch
+    trace_context = None if traced is None else Jsonb(traced, dumps=str)
     for c in commands:
         visible_at = c.not_before or (db_now + timedelta(seconds=c.delay) if c.delay else db_now)
         yield (
@@ -92,6 +96,7 @@ def _copy_rows(
             c.max_attempts,
             batch_id,
             visible_at,
+            trace_context,
         )
 
 

@@ -22,16 +22,18 @@ from triobus.persistence.records import (
     DomainStatistics,
     SendResult,
 )
+from triobus.persistence.tracing import current_trace_context
 
 INSERT_COMMAND = f"""
 WITH inserted AS (
     INSERT INTO triobus.command
         (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
-         visible_at)
+         visible_at, trace_context)
     VALUES (%(domain)s, %(command_id)s, %(command_type)s, %(data)s::jsonb,
             %(correlation_id)s, %(reply_to)s, %(max_attempts)s,
             coalesce(%(not_before)s::timestamptz,
-                     now() + make_interval(secs => coalesce(%(delay)s::float8, 0))))
+                     now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
+            %(trace_context)s::jsonb)
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
               visible_at
@@ -86,7 +88,8 @@ COMMAND_FILTERS = {
 
 
 async def insert_command(conn: Connection, command: NewCommand) -> SendResult:
-    """Insert a validated command with its SENT audit row.
+    """Insert a validated command with its SENT audit row, and the trace context of the
+    span current now (`tracing.py`).
 
     Raises DuplicateCommandError if the id is taken, also when two sends race.
     """
@@ -102,6 +105,7 @@ async def insert_command(conn: Connection, command: NewCommand) -> SendResult:
             "max_attempts": command.max_attempts,
             "delay": command.delay,
             "not_before": command.not_before,
+            "trace_context": current_trace_context(),
         },
     )
     if row is None:

@@ -67,6 +67,7 @@ from triobus.persistence.new_commands import (
     new_command_id,
 )
 from triobus.persistence.records import BatchCommand, FollowUpCommand, SendResult
+from triobus.persistence.tracing import send_span
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
 __all__ = [
@@ -189,7 +190,10 @@ def send(
         json_default=json_default,
     )
     _check_connection(conn, psycopg.Connection, command.context)
-    return _completed(insert_command(_SyncConnection(conn), command))
+    with send_span(
+        command.domain, command_type=command.command_type, command_id=command.command_id
+    ):
+        return _completed(insert_command(_SyncConnection(conn), command))
 
 
 async def send_async(
@@ -222,7 +226,10 @@ async def send_async(
         json_default=json_default,
     )
     _check_connection(conn, psycopg.AsyncConnection, command.context)
-    return await insert_command(_AsyncioConnection(conn), command)
+    with send_span(
+        command.domain, command_type=command.command_type, command_id=command.command_id
+    ):
+        return await insert_command(_AsyncioConnection(conn), command)
 
 
 def create_batch(
@@ -257,7 +264,8 @@ def create_batch(
         json_default=json_default,
     )
     _check_connection(conn, psycopg.Connection, batch.context)
-    _completed(store_batch(_SyncConnection(conn), batch))
+    with send_span(batch.domain, batch_id=batch.batch_id, count=len(batch.commands)):
+        _completed(store_batch(_SyncConnection(conn), batch))
     return batch.batch_id
 
 
@@ -291,7 +299,8 @@ async def create_batch_async(
         json_default=json_default,
     )
     _check_connection(conn, psycopg.AsyncConnection, batch.context)
-    await store_batch(_AsyncioConnection(conn), batch)
+    with send_span(batch.domain, batch_id=batch.batch_id, count=len(batch.commands)):
+        await store_batch(_AsyncioConnection(conn), batch)
     return batch.batch_id
 
 
@@ -328,7 +337,8 @@ def add_to_batch(
         domain, batch_id, commands, max_payload_bytes, json_default
     )
     _check_connection(conn, psycopg.Connection, context)
-    _completed(store_added(_SyncConnection(conn), checked_domain, checked_id, validated))
+    with send_span(checked_domain, batch_id=checked_id, count=len(validated)):
+        _completed(store_added(_SyncConnection(conn), checked_domain, checked_id, validated))
 
 
 async def add_to_batch_async(
@@ -345,7 +355,8 @@ async def add_to_batch_async(
         domain, batch_id, commands, max_payload_bytes, json_default
     )
     _check_connection(conn, psycopg.AsyncConnection, context)
-    await store_added(_AsyncioConnection(conn), checked_domain, checked_id, validated)
+    with send_span(checked_domain, batch_id=checked_id, count=len(validated)):
+        await store_added(_AsyncioConnection(conn), checked_domain, checked_id, validated)
 
 
 def close_batch(conn: psycopg.Connection[Any], domain: str, batch_id: UUID | str) -> bool:

@@ -84,7 +84,8 @@ class SendResult:
 
 @attrs.frozen(kw_only=True)
 class Command:
-    """A command as its handler receives it."""
+    """A command as its handler receives it. `trace_context` is the W3C trace context of
+    the span that sent it (None: none was recorded)."""
 
     domain: str
     command_type: str
@@ -93,10 +94,12 @@ class Command:
     correlation_id: UUID
     reply_to: str | None
     batch_id: UUID | None
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Command:
         return cls(
+            trace_context=row.get("trace_context"),
             domain=row["domain"],
             command_type=row["command_type"],
             command_id=row["command_id"],

@@ -3,7 +3,7 @@
 -- name: COPY_COMMANDS
 COPY triobus.command
     (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
-     batch_id, visible_at)
+     batch_id, visible_at, trace_context)
 FROM STDIN (FORMAT BINARY);
 
 -- name: INSERT_BATCH

@@ -9,11 +9,12 @@ WHERE domain = %s AND (status = 'IN_PROGRESS'
 WITH inserted AS (
     INSERT INTO triobus.command
         (domain, command_id, command_type, data, correlation_id, reply_to, max_attempts,
-         visible_at)
+         visible_at, trace_context)
     VALUES (%(domain)s, %(command_id)s, %(command_type)s, %(data)s::jsonb,
             %(correlation_id)s, %(reply_to)s, %(max_attempts)s,
             coalesce(%(not_before)s::timestamptz,
-                     now() + make_interval(secs => coalesce(%(delay)s::float8, 0))))
+                     now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
+            %(trace_context)s::jsonb)
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, command_type, correlation_id, reply_to, max_attempts,
               visible_at

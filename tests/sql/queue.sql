@@ -193,7 +193,7 @@ WITH candidates AS (
     WHERE c.domain = k.domain AND c.command_id = k.command_id AND NOT k.exhausted
     RETURNING c.domain, c.command_id, c.command_type, c.data, c.correlation_id, c.reply_to,
               c.batch_id, c.attempts, c.max_attempts, c.lease_token, c.visible_at,
-              k.status AS claimed_from, k.claimable_since
+              c.trace_context, k.status AS claimed_from, k.claimable_since
 ), exhausted AS (
     UPDATE triobus.command c
     SET status = 'IN_TROUBLESHOOTING_QUEUE', lease_token = NULL, updated_at = now(),
@@ -321,7 +321,7 @@ WITH candidates AS (
     RETURNING pg_notify('triobus_command', domain)
 )
 SELECT domain, command_id, command_type, data, correlation_id, reply_to, batch_id, attempts,
-       max_attempts, lease_token,
+       max_attempts, lease_token, trace_context,
        greatest(0, extract(epoch FROM now() - claimable_since))::float8 AS waited,
        claimed_from = 'IN_PROGRESS' AS lease_expired
 FROM claimed ORDER BY visible_at, command_id;

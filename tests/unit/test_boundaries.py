@@ -34,6 +34,7 @@ TRIO_FREE = (
     "retention",
     "schedules",
     "schema",
+    "tracing",
     "troubleshooting",
     "validation",
 )
