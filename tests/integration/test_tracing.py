@@ -191,3 +191,25 @@ async def test_a_command_sent_outside_any_span_is_in_the_trace_its_send_starts(
     assert send.parent is None  # a root: no span was current
     assert (int(trace_id, 16), int(span_id, 16)) == (send.context.trace_id, send.context.span_id)
     assert seen[str(sent.command_id)].trace_id == send.context.trace_id
+
+
+async def test_an_asyncio_handler_runs_in_its_commands_trace(
+    triobus_runtime: Runtime, spans: Recorder, eventually: Eventually
+) -> None:
+    seen: dict[str, Any] = {}
+
+    @triobus_runtime.registry.handler("d", "T", asyncio=True)
+    async def handle(command: Command, ctx: HandlerContext) -> None:
+        seen["context"] = trace.get_current_span().get_span_context()
+
+    await triobus_runtime.start_worker("d", poll_interval=0.05)
+    with tracer().start_as_current_span("POST /orders") as request:
+        await triobus_runtime.bus.send("d", "T", uuid.uuid4(), {})
+
+    async def handled() -> bool:
+        return "context" in seen
+
+    await eventually(handled)
+    assert seen["context"].trace_id == request.get_span_context().trace_id
+    (process,) = spans.named("process d")
+    assert seen["context"].span_id == process.context.span_id
