@@ -105,8 +105,6 @@ async def test_one_trace_runs_from_the_sending_span_into_the_handler(
     receive = spans.named("receive d")
     assert receive and receive[0].kind is SpanKind.CONSUMER
     assert (receive[0].attributes or {})["messaging.batch.message_count"] == 1
-    command = await triobus_runtime.bus.get_command("d", sent.command_id)
-    assert command is not None
 
 
 async def test_a_failing_handler_marks_its_span_failed(
