@@ -45,7 +45,7 @@ from triobus.actors.maintenance import (
 )
 from triobus.actors.notifier import Notifier
 from triobus.actors.outcomes import RetryPolicy
-from triobus.actors.scheduler import DEFAULT_CATCH_UP, Schedule, ScheduleActor, new_schedule
+from triobus.actors.scheduler import ScheduleActor
 from triobus.actors.transaction import Transaction, open_transaction
 from triobus.actors.transactional import RESERVED_CONNECTIONS, TransactionSlots
 from triobus.actors.troubleshooting import TroubleshootingQueue
@@ -60,7 +60,12 @@ from triobus.persistence.errors import BatchNotFoundError, InvalidOperationError
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.pool import ConnectionPool, PoolStatistics, open_pool
 from triobus.persistence.records import BatchMetadata, CommandChange
-from triobus.persistence.schedules import ScheduleRecord
+from triobus.persistence.schedules import (
+    DEFAULT_CATCH_UP,
+    Schedule,
+    ScheduleRecord,
+    new_schedule,
+)
 from triobus.persistence.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_async_callable,
@@ -181,13 +186,14 @@ class Runtime:
         batch one of them completed."""
         if self.events.active:
             completed = {  # every change of a statement tells of the batch it completed
-                (c.domain, c.batch_id): c.batch_counts
+                (c.domain, c.batch_id): BatchCompleted(
+                    domain=c.domain, batch_id=c.batch_id, counts=c.batch_counts
+                )
                 for c in changes
                 if c.batch_completed and c.batch_id is not None
             }
-            for (domain, batch_id), counts in completed.items():
-                assert batch_id is not None
-                self.events.emit(BatchCompleted(domain=domain, batch_id=batch_id, counts=counts))
+            for event in completed.values():
+                self.events.emit(event)
         self._batches.deliver_changes(changes)
 
     async def start_worker(
@@ -295,16 +301,7 @@ class Runtime:
         self._schedules[schedule.name] = schedule  # before the await: a racing call sees it
         try:
             async with self.pool.connection() as conn:
-                record = await schedules.declare_schedule(
-                    conn,
-                    name=schedule.name,
-                    domain=schedule.domain,
-                    command_type=schedule.command_type,
-                    cron=schedule.cron,
-                    timezone=schedule.timezone,
-                    data_json=schedule.data_json,
-                    now=datetime.now(UTC),
-                )
+                record = await schedules.declare_schedule(conn, schedule, now=datetime.now(UTC))
         except BaseException:
             if declared is None:
                 del self._schedules[schedule.name]

@@ -1,4 +1,5 @@
-"""Periodic commands: a schedule's definition, and the actor that sends its ticks.
+"""Periodic commands: the actor that sends one schedule's ticks (the definition and its
+checks are `persistence/schedules.py`).
 
 Every runtime that declares a schedule runs an actor for it, and each tick is sent once
 across all of them and across restarts (`persistence/schedules.py` says how). The actor
@@ -13,92 +14,25 @@ round retried after a growing pause; the runtime goes on.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
-from typing import Any
 
 import attrs
 import trio
 
 from triobus.persistence import schedules
 from triobus.persistence.commands import insert_command
-from triobus.persistence.cron import CronTicks, check_cron, check_timezone
-from triobus.persistence.errors import DuplicateCommandError, TriobusError, ValidationError
+from triobus.persistence.cron import CronTicks
+from triobus.persistence.errors import DuplicateCommandError, TriobusError
 from triobus.persistence.json_values import JsonDefault
 from triobus.persistence.new_commands import NewCommand, new_command
 from triobus.persistence.pool import ConnectionPool
-from triobus.persistence.schedules import SCHEDULE_KEY, ScheduleRecord, tick_command_id
-from triobus.persistence.validation import check_name, check_seconds, encode_payload
+from triobus.persistence.schedules import SCHEDULE_KEY, Schedule, ScheduleRecord, tick_command_id
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CATCH_UP = 600.0
 MAX_SLEEP = 60.0
 MAX_RETRY_PAUSE = 30.0
-# The longest a tick's "schedule" entry gets: the size check at declaration counts it.
-_SAMPLE_TICK = "2000-01-01T00:00:00+00:00"
-
-
-@attrs.frozen(kw_only=True)
-class Schedule:
-    """A checked schedule definition (see `Runtime.schedule`); `data_json` is its data,
-    encoded, without the "schedule" entry each tick's command gets."""
-
-    name: str
-    domain: str
-    command_type: str
-    cron: str
-    timezone: str
-    data: Mapping[str, Any]
-    catch_up: float
-    data_json: str = attrs.field(eq=False, repr=False)
-
-
-def new_schedule(
-    name: object,
-    domain: object,
-    command_type: object,
-    cron: object,
-    *,
-    data: object,
-    timezone: object,
-    catch_up: object,
-    max_payload_bytes: int,
-    json_default: JsonDefault | None,
-) -> Schedule:
-    """Check a definition; raises `ValidationError` naming the schedule."""
-    checked_name = check_name("name", name, context="schedule")
-    where = f"schedule {checked_name!r}"
-    checked_data = {} if data is None else data
-    if isinstance(checked_data, Mapping) and SCHEDULE_KEY in checked_data:
-        raise ValidationError(
-            f"data must not hold the key {SCHEDULE_KEY!r}: each tick's command gets it, with"
-            f" the schedule's name and the tick ({where})"
-        )
-    data_json = encode_payload(
-        "data", checked_data, max_bytes=max_payload_bytes, context=where, json_default=json_default
-    )
-    # The size limit holds for the tick's command, "schedule" entry included.
-    encode_payload(
-        "data",
-        {**json.loads(data_json), SCHEDULE_KEY: {"name": checked_name, "tick": _SAMPLE_TICK}},
-        max_bytes=max_payload_bytes,
-        context=f"{where}, with its tick",
-    )
-    assert isinstance(checked_data, Mapping)
-    return Schedule(
-        name=checked_name,
-        domain=check_name("domain", domain, context=where),
-        command_type=check_name("command_type", command_type, context=where),
-        cron=check_cron(cron, context=where),
-        timezone=check_timezone(timezone, context=where),
-        data=MappingProxyType(dict(checked_data)),
-        catch_up=check_seconds("catch_up", catch_up, context=where),
-        data_json=data_json,
-    )
 
 
 def tick_command(

@@ -1,4 +1,5 @@
-"""SQL for periodic commands: a schedule's row, and the step that marks its ticks done.
+"""Periodic commands in the store: a schedule's checked definition, its row, and the
+step that marks its ticks done.
 
 Exactly once per tick, across runtimes and restarts: a tick's command is sent in the
 transaction whose `advance` moves the schedule's `sent_through` up to that tick, and
@@ -11,16 +12,23 @@ the name and the tick as well, so even a second send would be refused by the sto
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
 import attrs
 
 from triobus.persistence.connection import Connection, Row
-from triobus.persistence.cron import CronTicks
+from triobus.persistence.cron import CronTicks, check_cron, check_timezone
+from triobus.persistence.errors import ValidationError
+from triobus.persistence.json_values import JsonDefault
+from triobus.persistence.validation import check_name, check_seconds, encode_payload
 
+DEFAULT_CATCH_UP = 600.0
 SCHEDULE_NAMESPACE = UUID("0b0c8d6e-54f5-4c55-8f43-3f8c2a6e1d27")
 SCHEDULE_KEY = "schedule"  # the key a tick's command data gets: {"name", "tick"}
 
@@ -28,6 +36,69 @@ SCHEDULE_KEY = "schedule"  # the key a tick's command data gets: {"name", "tick"
 def tick_command_id(name: str, tick: datetime) -> UUID:
     """The command id of a schedule's tick: the same in every runtime, for ever."""
     return uuid.uuid5(SCHEDULE_NAMESPACE, f"{name}/{tick.astimezone(UTC).isoformat()}")
+
+
+# The longest a tick's "schedule" entry gets: the size check at declaration counts it.
+_SAMPLE_TICK = "2000-01-01T00:00:00+00:00"
+
+
+@attrs.frozen(kw_only=True)
+class Schedule:
+    """A checked schedule definition (see `Runtime.schedule`); `data_json` is its data,
+    encoded, without the "schedule" entry each tick's command gets."""
+
+    name: str
+    domain: str
+    command_type: str
+    cron: str
+    timezone: str
+    data: Mapping[str, Any]
+    catch_up: float
+    data_json: str = attrs.field(eq=False, repr=False)
+
+
+def new_schedule(
+    name: object,
+    domain: object,
+    command_type: object,
+    cron: object,
+    *,
+    data: object,
+    timezone: object,
+    catch_up: object,
+    max_payload_bytes: int,
+    json_default: JsonDefault | None,
+) -> Schedule:
+    """Check a definition; raises `ValidationError` naming the schedule."""
+    checked_name = check_name("name", name, context="schedule")
+    where = f"schedule {checked_name!r}"
+    checked_data = {} if data is None else data
+    if isinstance(checked_data, Mapping) and SCHEDULE_KEY in checked_data:
+        raise ValidationError(
+            f"data must not hold the key {SCHEDULE_KEY!r}: each tick's command gets it, with"
+            f" the schedule's name and the tick ({where})"
+        )
+    data_json = encode_payload(
+        "data", checked_data, max_bytes=max_payload_bytes, context=where, json_default=json_default
+    )
+    # The size limit holds for the tick's command, "schedule" entry included.
+    encode_payload(
+        "data",
+        {**json.loads(data_json), SCHEDULE_KEY: {"name": checked_name, "tick": _SAMPLE_TICK}},
+        max_bytes=max_payload_bytes,
+        context=f"{where}, with its tick",
+    )
+    assert isinstance(checked_data, Mapping)
+    return Schedule(
+        name=checked_name,
+        domain=check_name("domain", domain, context=where),
+        command_type=check_name("command_type", command_type, context=where),
+        cron=check_cron(cron, context=where),
+        timezone=check_timezone(timezone, context=where),
+        data=MappingProxyType(dict(checked_data)),
+        catch_up=check_seconds("catch_up", catch_up, context=where),
+        data_json=data_json,
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -90,29 +161,21 @@ RETURNING name
 
 
 async def declare_schedule(
-    conn: Connection,
-    *,
-    name: str,
-    domain: str,
-    command_type: str,
-    cron: str,
-    timezone: str,
-    data_json: str,
-    now: datetime,
+    conn: Connection, schedule: Schedule, *, now: datetime
 ) -> ScheduleRecord:
     """Store the definition (see DECLARE_SCHEDULE); the schedule as it now stands."""
     params = {
-        "name": name,
-        "domain": domain,
-        "command_type": command_type,
-        "cron": cron,
-        "timezone": timezone,
-        "data": data_json,
+        "name": schedule.name,
+        "domain": schedule.domain,
+        "command_type": schedule.command_type,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "data": schedule.data_json,
         "now": now,
     }
     row = await conn.fetch_one(DECLARE_SCHEDULE, params)
     if row is None:  # unchanged: read it (a statement of its own sees a racing insert)
-        row = await conn.fetch_one(SELECT_SCHEDULE, (name,))
+        row = await conn.fetch_one(SELECT_SCHEDULE, (schedule.name,))
     assert row is not None, "a declared schedule is never deleted"
     return ScheduleRecord.from_row(row)
 
