@@ -85,10 +85,14 @@ async def noop(command: Command, ctx: HandlerContext) -> None:
 
 
 async def claim_waiting_for_lock(runtime: Runtime) -> bool:
+    """The worker's claim statement waits on the lock (not some other statement, such as
+    the maintenance actor's prune, which waits on it too)."""
     async with runtime.pool.connection() as conn:
         row = await conn.fetch_one(
             "SELECT count(*) AS n FROM pg_stat_activity"
             " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            " AND query LIKE %(claim)s",
+            {"claim": "%WITH candidates AS%AS exhausted%"},
         )
     return row is not None and row["n"] > 0
 
