@@ -45,6 +45,13 @@ async def test_a_claim_that_commits_while_the_worker_stops_is_released(
             # Claims queue up on this lock; the command is inserted under it.
             await locker.execute("LOCK TABLE triobus.command IN EXCLUSIVE MODE")
             await insert_command(locker, new_command("d", "Noop", command_id, {}))
+            # Visible before any claim began: the waiting claim may have started before
+            # this transaction did, and its now() is when it started.
+            await locker.execute(
+                "UPDATE triobus.command SET visible_at = visible_at - interval '1 minute'"
+                " WHERE command_id = %(id)s",
+                {"id": command_id},
+            )
             await eventually(lambda: claim_waiting_for_lock(direct))
             proxy.freeze(answers_only=True)
         # The lock is gone: the waiting claim takes the command and commits; its answer is held.
