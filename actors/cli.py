@@ -34,6 +34,7 @@ from triobus.actors.cli_common import (
     duration,
     one_line,
 )
+from triobus.actors.cli_web import add_web_arguments, run_web
 from triobus.actors.cli_worker import add_worker_arguments, run_worker
 from triobus.actors.maintenance import Pruner, RetentionPolicy
 from triobus.actors.runtime import DSN_ENV, Runtime, open_runtime
@@ -471,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(commands, "migrate", "apply pending schema migrations", run_migrate)
     worker = leaf(commands, "worker", "run workers until SIGINT/SIGTERM", run_worker)
     add_worker_arguments(worker)
+    web = leaf(commands, "web", "serve the operator's web console until SIGINT/SIGTERM", run_web)
+    add_web_arguments(web)
 
     tsq = commands.add_parser("tsq", help="troubleshooting queue").add_subparsers(
         dest="tsq_command", required=True, metavar="ACTION"
@@ -595,8 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _dispatch(args: argparse.Namespace, dsn: str) -> int:
     """Run the command; its exit status."""
-    if args.action is run_worker:
-        status: int = await run_worker(args, dsn)
+    if args.action in (run_worker, run_web):
+        status: int = await args.action(args, dsn)
         return status
     if args.action is run_migrate:
         await run_migrate(args, dsn)

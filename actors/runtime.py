@@ -139,7 +139,8 @@ class RuntimeStatistics:
 class Runtime:
     """An open runtime. `bus` sends and queries commands, `tsq` is the troubleshooting
     queue's operator interface, `start_worker` runs handlers: those of `registry` unless
-    told otherwise (the `triobus_runtime` fixture sets it to `triobus_registry`'s)."""
+    told otherwise (the `triobus_runtime` fixture sets it to `triobus_registry`'s).
+    `notifier` is its LISTEN connection: `subscribe` wakes a task on a notification."""
 
     def __init__(
         self,
@@ -175,7 +176,7 @@ class Runtime:
             events=self.events,
         )
         self._batches = batches
-        self._notifier = notifier
+        self.notifier = notifier
         self._nursery = nursery
         self._workers: list[Worker] = []
         self._transactions = TransactionSlots(pool)
@@ -243,7 +244,7 @@ class Runtime:
             options,
             pool=self.pool,
             registry=registry,
-            notifier=self._notifier,
+            notifier=self.notifier,
             on_acked=self._changed,
             bus=self.bus,
             transactions=self._transactions,
@@ -439,7 +440,7 @@ class Runtime:
             workers=tuple(w.statistics() for w in self._workers),
             batches=self._batches.statistics(),
             pool=self.pool.statistics(),
-            notifier_reconnects=self._notifier.reconnects,
+            notifier_reconnects=self.notifier.reconnects,
         )
 
     async def stop_workers(self, grace_period: float | None = None) -> None:

@@ -1,5 +1,5 @@
-"""SQL for the database gauges: how many commands wait per domain and status, and how
-long the oldest runnable one has waited.
+"""SQL for the database gauges: how many commands wait per domain and status, how long
+the oldest runnable one has waited, and how many each domain finished in the last minute.
 
 One statement refreshes the snapshot, at most one process at a time (a transaction-level
 advisory lock, tried, not waited for) and at most once per `max_age` seconds across all
@@ -25,8 +25,18 @@ _PENDING = literal(CommandStatus.PENDING)
 _IN_PROGRESS = literal(CommandStatus.IN_PROGRESS)
 _IN_TSQ = literal(CommandStatus.IN_TROUBLESHOOTING_QUEUE)
 
+# The domains that have commands, one index probe each (a loose scan of command_newest):
+# a CTE `domains (domain)` for a WITH RECURSIVE; `guard` may stop its first probe.
+DOMAINS_CTE = """domains AS (
+    (SELECT domain FROM triobus.command {guard} ORDER BY domain LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.domain FROM triobus.command c WHERE c.domain > d.domain
+            ORDER BY c.domain LIMIT 1)
+    FROM domains d WHERE d.domain IS NOT NULL
+)"""
+
 REFRESH_GAUGES = f"""
-WITH lock AS (
+WITH RECURSIVE lock AS (
     SELECT pg_try_advisory_xact_lock(%(key)s) AS got
 ), due AS (
     SELECT 1 FROM lock WHERE got AND NOT EXISTS (
@@ -45,19 +55,32 @@ WITH lock AS (
     FROM triobus.command
     WHERE status = {_IN_TSQ} AND EXISTS (SELECT 1 FROM due)
     GROUP BY domain, status
+), {DOMAINS_CTE.format(guard="WHERE EXISTS (SELECT 1 FROM due)")}, finished AS (
+    SELECT domain, count_alone + count_in_batch AS commands FROM (
+        SELECT d.domain,
+               (SELECT count(*) FROM triobus.command c
+                WHERE c.domain = d.domain AND c.batch_id IS NULL
+                  AND c.finished_at > now() - interval '1 minute') AS count_alone,
+               (SELECT count(*) FROM triobus.command c
+                WHERE c.domain = d.domain AND c.batch_id IS NOT NULL
+                  AND c.finished_at > now() - interval '1 minute') AS count_in_batch
+        FROM domains d
+    ) f WHERE count_alone + count_in_batch > 0
 )
-INSERT INTO triobus.gauge_snapshot AS g (only_row, computed_at, gauges)
+INSERT INTO triobus.gauge_snapshot AS g (only_row, computed_at, gauges, finished_last_minute)
 SELECT true, now(), coalesce(
     (SELECT jsonb_agg(jsonb_build_object('domain', domain, 'status', status,
          'commands', commands, 'oldest_runnable_seconds', oldest_runnable_seconds)
          ORDER BY domain, status) FROM counted),
-    '[]'::jsonb)
+    '[]'::jsonb),
+    coalesce((SELECT jsonb_object_agg(domain, commands) FROM finished), '{{}}'::jsonb)
 FROM due
-ON CONFLICT (only_row) DO UPDATE SET computed_at = EXCLUDED.computed_at, gauges = EXCLUDED.gauges
+ON CONFLICT (only_row) DO UPDATE SET computed_at = EXCLUDED.computed_at,
+    gauges = EXCLUDED.gauges, finished_last_minute = EXCLUDED.finished_last_minute
 RETURNING computed_at
 """
 
-SELECT_GAUGES = "SELECT computed_at, gauges FROM triobus.gauge_snapshot"
+SELECT_GAUGES = "SELECT computed_at, gauges, finished_last_minute FROM triobus.gauge_snapshot"
 
 
 @attrs.frozen
@@ -73,8 +96,21 @@ class DomainGauge:
 
 @attrs.frozen
 class GaugeSnapshot:
+    """The gauges as one process computed them at `computed_at`; `finished_last_minute`
+    holds, per domain, the commands that finished (any terminal status) in the minute
+    before (a domain that finished none is absent)."""
+
     computed_at: datetime
     gauges: tuple[DomainGauge, ...]
+    finished_last_minute: dict[str, int] = attrs.field(factory=dict)
+
+    def domains(self) -> list[str]:
+        """Every domain with open commands or a recent finish, in order."""
+        return sorted({g.domain for g in self.gauges} | self.finished_last_minute.keys())
+
+    def of(self, domain: str) -> dict[CommandStatus, DomainGauge]:
+        """The open statuses of `domain` it has commands in."""
+        return {g.status: g for g in self.gauges if g.domain == domain}
 
 
 async def refresh_gauges(conn: Connection, *, max_age: float) -> bool:
@@ -100,4 +136,5 @@ async def select_gauges(conn: Connection) -> GaugeSnapshot | None:
             )
             for g in gauges
         ),
+        finished_last_minute={d: int(n) for d, n in row["finished_last_minute"].items()},
     )

@@ -44,7 +44,8 @@ GRANT SELECT, DELETE ON triobus.reply TO {producer};
 GRANT SELECT, INSERT, UPDATE ON triobus.command TO {worker}, {operator};
 GRANT SELECT, UPDATE ON triobus.batch TO {worker}, {operator};
 GRANT SELECT, INSERT ON triobus.audit, triobus.reply TO {worker}, {operator};
-GRANT SELECT, INSERT, UPDATE ON triobus.schedule, triobus.gauge_snapshot TO {worker};
+GRANT SELECT, INSERT, UPDATE ON triobus.schedule TO {worker};
+GRANT SELECT, INSERT, UPDATE ON triobus.gauge_snapshot TO {worker}, {operator};
 GRANT SELECT ON triobus.schedule TO {operator};
 GRANT SELECT, DELETE ON triobus.command, triobus.batch, triobus.audit, triobus.reply
     TO {maintainer};

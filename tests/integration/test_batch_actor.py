@@ -21,7 +21,7 @@ def actor_of(runtime: Runtime, batch_id: uuid.UUID, **options: Any) -> BatchActo
         "d",
         batch_id,
         pool=runtime.pool,
-        notifier=runtime._notifier,
+        notifier=runtime.notifier,
         on_complete=options.get("on_complete"),
         callback_timeout=options.get("callback_timeout", 1.0),
     )

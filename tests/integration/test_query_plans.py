@@ -100,9 +100,10 @@ async def test_lease_guarded_writes_find_commands_by_primary_key(
     assert "command_claimable" not in text
 
 
-async def test_the_gauges_read_only_the_partial_indexes_of_open_commands(
+async def test_the_gauges_read_only_partial_indexes_of_open_and_recently_finished_commands(
     conn: DriverConnection,
 ) -> None:
     text = await plan(conn, REFRESH_GAUGES, {"key": GAUGES_LOCK_KEY, "max_age": 0.0})
     assert "command_claimable" in text and "command_troubleshooting" in text
+    assert "command_finished " in text and "command_finished_member" in text
     assert "Seq Scan on command" not in text

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tests.integration.console_support import console_client
 from triobus.actors import (
     BatchCommand,
     Command,
@@ -120,6 +121,49 @@ async def test_producer_worker_and_operator_roles_suffice(
             await keeper.bus.send("d", "Work", uuid.uuid4(), {})
         with pytest.raises(DatabaseError, match="permission denied"):
             await keeper.tsq.retry_all("d")
+
+
+async def test_the_operator_role_runs_the_web_console(
+    role_dsns: dict[str, str], eventually: Callable[..., Any]
+) -> None:
+    registry = HandlerRegistry()
+
+    @registry.handler("d", "Broken")
+    async def broken(command: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("BROKEN", "needs an operator")
+
+    async with (
+        open_runtime(role_dsns["producer"], migrate=False) as producer,
+        open_runtime(role_dsns["worker"], migrate=False, registry=registry) as worker,
+        open_runtime(role_dsns["operator"], migrate=False, retention=None) as operator,
+        console_client(operator) as console,
+    ):
+        parked = await producer.bus.send("d", "Broken", uuid.uuid4(), {}, reply_to="q")
+        batch_id = await producer.bus.create_batch("d", [], open=True)
+        await worker.start_worker("d", poll_interval=0.05)
+
+        async def is_parked() -> bool:
+            return await operator.tsq.count_troubleshooting("d") == 1
+
+        await eventually(is_parked)
+        for path in (
+            "/",
+            "/commands",
+            f"/commands/d/{parked.command_id}",
+            "/tsq",
+            "/batches",
+            f"/batches/d/{batch_id}",
+            "/replies",
+            "/metrics",
+        ):
+            assert (await console.get(path)).status_code == 200, path
+        overview = (await console.get("/")).text
+        assert '<a href="/tsq?domain=d">1</a>' in overview  # it refreshed the gauges
+        cancel = await console.post(
+            f"/tsq/d/{parked.command_id}/cancel", data={"reason": "by the console"}
+        )
+        assert cancel.status_code == 303
+        assert (await console.post(f"/batches/d/{batch_id}/close")).status_code == 303
 
 
 async def test_a_role_that_may_not_migrate_is_told_to_start_without_migrating(

@@ -19,6 +19,7 @@ TRIO_FREE = (
     "batches",
     "commands",
     "connection",
+    "console",
     "cron",
     "errors",
     "gauges",

@@ -1,0 +1,263 @@
+"""The console's pages (GET): each reads through the bus, the TSQ or an index-only query,
+a page of rows at a time, so it stays fast however many commands are stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from triobus.actors.console.views import Console
+from triobus.persistence import console as queries
+from triobus.persistence.errors import (
+    BatchNotFoundError,
+    CommandNotFoundError,
+    DatabaseError,
+    ValidationError,
+)
+from triobus.persistence.records import BatchStatus, CommandStatus
+
+FINISHED = (CommandStatus.COMPLETED, CommandStatus.FAILED, CommandStatus.CANCELED)
+
+# What an action's redirect may say it did (a fixed text, never one from the request).
+DONE = {
+    "retried": "Retried {count} command(s).",
+    "canceled": "Canceled {count} command(s).",
+    "completed": "Completed {count} command(s) by hand.",
+    "batch-canceled": "Canceled the batch: {count} member(s) canceled.",
+    "batch-retried": "Retried {count} member(s) of the batch.",
+    "batch-closed": "Closed the batch.",
+}
+
+
+def param(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name, "").strip()
+    return value or None
+
+
+def offset_of(request: Request) -> int:
+    text = param(request, "offset") or "0"
+    if not text.isdigit():
+        raise ValidationError(f"offset must be a whole number >= 0, not {text!r}")
+    return int(text)
+
+
+def paging(offset: int, size: int, found: int) -> tuple[int | None, int | None]:
+    """The offsets of the previous and the next page (None: there is none); `found` is
+    how many rows a query for `size + 1` returned."""
+    return (max(offset - size, 0) if offset > 0 else None, offset + size if found > size else None)
+
+
+def done_message(request: Request) -> str | None:
+    template = DONE.get(param(request, "done") or "")
+    count = param(request, "count") or "0"
+    return None if template is None or not count.isdigit() else template.format(count=count)
+
+
+async def overview(console: Console, request: Request) -> Response:
+    snapshot = await console.gauges()
+    async with console.runtime.pool.connection() as conn:
+        domains = await queries.select_domains(conn)
+        estimate = await queries.estimate_commands(conn)
+        estimates = await queries.estimate_by_status(conn)
+    rows = []
+    for domain in domains:
+        gauges = snapshot.of(domain) if snapshot is not None else {}
+        pending = gauges.get(CommandStatus.PENDING)
+        rows.append(
+            {
+                "domain": domain,
+                "counts": {s: g.commands for s, g in gauges.items()},
+                "oldest": None if pending is None else pending.oldest_runnable_seconds,
+                "finished": 0 if snapshot is None else snapshot.finished_last_minute.get(domain, 0),
+                "estimated": {s: estimates.get((domain, s)) for s in FINISHED},
+            }
+        )
+    return console.render(
+        request,
+        "overview.html",
+        {"rows": rows, "snapshot": snapshot, "estimate": estimate, "live": "overview"},
+    )
+
+
+async def _domains(console: Console) -> list[str]:
+    async with console.runtime.pool.connection() as conn:
+        return await queries.select_domains(conn)
+
+
+async def commands(console: Console, request: Request) -> Response:
+    domains = await _domains(console)
+    domain = param(request, "domain") or (domains[0] if domains else None)
+    filters = {
+        "status": param(request, "status"),
+        "command_type": param(request, "type"),
+        "correlation_id": param(request, "correlation_id"),
+        "batch_id": param(request, "batch_id"),
+    }
+    offset = offset_of(request)
+    size = console.settings.page_size
+    found = (
+        []
+        if domain is None
+        else await console.runtime.bus.query_commands(
+            domain=domain,
+            status=filters["status"],
+            command_type=filters["command_type"],
+            correlation_id=filters["correlation_id"],
+            batch_id=filters["batch_id"],
+            limit=size + 1,
+            offset=offset,
+        )
+    )
+    return console.render(
+        request,
+        "commands.html",
+        {
+            "domains": domains,
+            "domain": domain,
+            "filters": filters,
+            "statuses": list(CommandStatus),
+            "commands": found[:size],
+            "paging": paging(offset, size, len(found)),
+        },
+    )
+
+
+async def command(console: Console, request: Request) -> Response:
+    domain, command_id = request.path_params["domain"], request.path_params["command_id"]
+    found = await console.runtime.bus.get_command(domain, command_id)
+    if found is None:
+        raise CommandNotFoundError(domain, command_id)
+    trail = await console.runtime.bus.get_audit_trail(found.command_id, found.domain)
+    return console.render(
+        request,
+        "command.html",
+        {"command": found, "trail": trail, "done": done_message(request)},
+    )
+
+
+async def troubleshooting(console: Console, request: Request) -> Response:
+    snapshot = await console.gauges()
+    waiting = (
+        []
+        if snapshot is None
+        else [
+            g.domain for g in snapshot.gauges if g.status is CommandStatus.IN_TROUBLESHOOTING_QUEUE
+        ]
+    )
+    domains = sorted(set(waiting) | set(await _domains(console)))
+    domain = param(request, "domain") or (
+        waiting[0] if waiting else domains[0] if domains else None
+    )
+    command_type = param(request, "type")
+    offset = offset_of(request)
+    size = console.settings.page_size
+    items, total = [], 0
+    if domain is not None:
+        tsq = console.runtime.tsq
+        items = await tsq.list_troubleshooting(
+            domain, command_type=command_type, limit=size + 1, offset=offset
+        )
+        total = await tsq.count_troubleshooting(domain, command_type=command_type)
+    return console.render(
+        request,
+        "tsq.html",
+        {
+            "domains": domains,
+            "domain": domain,
+            "command_type": command_type,
+            "items": items[:size],
+            "total": total,
+            "paging": paging(offset, size, len(items)),
+            "done": done_message(request),
+            "live": None if domain is None else f"tsq:{domain}",
+        },
+    )
+
+
+async def batches(console: Console, request: Request) -> Response:
+    domains = await _domains(console)
+    domain = param(request, "domain") or (domains[0] if domains else None)
+    status = param(request, "status")
+    offset = offset_of(request)
+    size = console.settings.page_size
+    found = (
+        []
+        if domain is None
+        else await console.runtime.bus.list_batches(
+            domain, status=status, limit=size + 1, offset=offset
+        )
+    )
+    return console.render(
+        request,
+        "batches.html",
+        {
+            "domains": domains,
+            "domain": domain,
+            "status": status,
+            "statuses": list(BatchStatus),
+            "batches": found[:size],
+            "paging": paging(offset, size, len(found)),
+        },
+    )
+
+
+async def batch(console: Console, request: Request) -> Response:
+    domain, batch_id = request.path_params["domain"], request.path_params["batch_id"]
+    found = await console.runtime.bus.get_batch(domain, batch_id)
+    if found is None:
+        raise BatchNotFoundError(domain, batch_id)
+    size = console.settings.page_size
+    members = await console.runtime.bus.list_batch_commands(
+        found.domain, found.batch_id, status=param(request, "status"), limit=size
+    )
+    trail = await console.runtime.bus.get_audit_trail(found.batch_id, found.domain)
+    return console.render(
+        request,
+        "batch.html",
+        {
+            "batch": found,
+            "members": members,
+            "trail": trail,
+            "done": done_message(request),
+            "live": f"batch:{found.domain}:{found.batch_id}",
+        },
+    )
+
+
+async def replies(console: Console, request: Request) -> Response:
+    async with console.runtime.pool.connection() as conn:
+        queues = await queries.select_reply_queues(conn)
+    queue = param(request, "queue") or (queues[0] if queues else None)
+    found = (
+        []
+        if queue is None
+        else await console.runtime.bus.read_replies(queue, limit=console.settings.page_size)
+    )
+    return console.render(
+        request, "replies.html", {"queues": queues, "queue": queue, "replies": found}
+    )
+
+
+async def health(console: Console, request: Request) -> Response:
+    """200 when the database answers, else 503 (no authentication: for load balancers)."""
+    try:
+        async with console.runtime.pool.connection() as conn:
+            await conn.fetch_one("SELECT 1 AS ok")
+    except DatabaseError:
+        return PlainTextResponse("database unavailable\n", 503)
+    return PlainTextResponse("ok\n")
+
+
+async def metrics(console: Console, request: Request) -> Response:
+    if console.metrics is None:
+        return PlainTextResponse(
+            "metrics need prometheus-client: pip install 'triobus[prometheus]'\n", 404
+        )
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    snapshot = await console.gauges()
+    if snapshot is not None:
+        console.metrics.show(snapshot, datetime.now(UTC))
+    return Response(generate_latest(console.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,113 @@
+"""What every console page shares: the runtime, the settings, rendering, links, formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import attrs
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse
+
+from triobus.actors.console.settings import ConsoleSettings
+from triobus.actors.runtime import Runtime
+from triobus.persistence import gauges
+from triobus.persistence.errors import DatabaseError
+from triobus.persistence.gauges import GaugeSnapshot
+from triobus.persistence.schema import INSUFFICIENT_PRIVILEGE
+
+if TYPE_CHECKING:
+    from triobus.actors.metrics import PrometheusMetrics
+
+GAUGES_MAX_AGE = 5.0  # seconds: the overview's counts are at most this old (plus a refresh)
+
+
+def pretty(value: object) -> str:
+    """A payload as indented JSON (escaped by the template like any other value)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return seconds((datetime.now(UTC) - moment).total_seconds()) + " ago"
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: 42 s, 3 min, 5 h, 2 d."""
+    if value is None:
+        return "-"
+    value = max(0.0, value)
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if value >= size:
+            return f"{value / size:.0f} {unit}"
+    return f"{value:.0f} s"
+
+
+@attrs.frozen
+class Console:
+    """The console's state, shared by every request: the runtime it shows, its settings,
+    its templates and, with prometheus-client installed, the metrics of `/metrics`."""
+
+    runtime: Runtime
+    settings: ConsoleSettings
+    templates: jinja2.Environment
+    metrics: PrometheusMetrics | None = None
+
+    def close(self) -> None:
+        """Stop counting the runtime's events for `/metrics`."""
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Mapping[str, Any],
+        status_code: int = 200,
+    ) -> HTMLResponse:
+        base: str = request.scope.get("root_path", "")
+
+        def link(path: str, **params: object) -> str:
+            query = urlencode({k: str(v) for k, v in params.items() if v not in (None, "")})
+            return base + path + ("?" + query if query else "")
+
+        html = self.templates.get_template(template).render(
+            {
+                "base": base,
+                "link": link,
+                "segment": lambda value: quote(str(value), safe=""),
+                "operator": getattr(request.state, "operator", ""),
+                "read_only": self.settings.read_only,
+                "shows_payloads_of": self.settings.shows_payloads_of,
+                "pretty": pretty,
+                "ago": ago,
+                "seconds": seconds,
+                "done": None,
+                "live": None,
+                **context,
+            }
+        )
+        return HTMLResponse(html, status_code)
+
+    def redirect(self, request: Request, path: str, **params: object) -> RedirectResponse:
+        """After an action: see its outcome on a page (303, so a reload does not repeat it)."""
+        query = urlencode({k: str(v) for k, v in params.items() if v not in (None, "")})
+        base = request.scope.get("root_path", "")
+        return RedirectResponse(base + path + ("?" + query if query else ""), 303)
+
+    async def gauges(self) -> GaugeSnapshot | None:
+        """The gauges' snapshot, refreshed first if it is older than GAUGES_MAX_AGE and no
+        other process is refreshing it (a role that may not refresh it reads it only)."""
+        async with self.runtime.pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    await gauges.refresh_gauges(conn, max_age=GAUGES_MAX_AGE)
+            except DatabaseError as ex:
+                if ex.sqlstate != INSUFFICIENT_PRIVILEGE:
+                    raise  # a role that may not refresh it reads what the workers keep
+            return await gauges.select_gauges(conn)
