@@ -40,6 +40,14 @@ def add_web_arguments(web: argparse.ArgumentParser) -> None:
         metavar="DOMAIN",
         help="never show the data, results or error details of this domain, repeatable",
     )
+    web.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also accept actions from pages of this origin (https://ops.example.com), for a"
+        " proxy that rewrites Host; repeatable",
+    )
     web.add_argument("--log-format", type=LogFormat, default=LogFormat.TEXT, help="text or json")
 
 
@@ -57,15 +65,14 @@ async def run_web(args: argparse.Namespace, dsn: str) -> int:
         ) from None
     configure_logging("INFO", args.log_format)
     try:
-        users, tokens = (
-            ({}, {}) if args.no_auth else credentials_from_environment(users_file=args.users_file)
-        )
+        users, tokens = credentials_from_environment(users_file=args.users_file)
         settings = ConsoleSettings(
             users=users,
             tokens=tokens,
             no_auth=args.no_auth,
             read_only=args.read_only,
             hidden_payload_domains=args.hide_payloads,
+            origins=args.origin,
         )
         check_bind(args.bind, no_auth=args.no_auth)
     except ValidationError as ex:

@@ -104,10 +104,6 @@ class GaugeSnapshot:
     gauges: tuple[DomainGauge, ...]
     finished_last_minute: dict[str, int] = attrs.field(factory=dict)
 
-    def domains(self) -> list[str]:
-        """Every domain with open commands or a recent finish, in order."""
-        return sorted({g.domain for g in self.gauges} | self.finished_last_minute.keys())
-
     def of(self, domain: str) -> dict[CommandStatus, DomainGauge]:
         """The open statuses of `domain` it has commands in."""
         return {g.status: g for g in self.gauges if g.domain == domain}

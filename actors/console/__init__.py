@@ -6,7 +6,8 @@ says who may log in; without credentials the console refuses to start.
 """
 
 from triobus.actors.console.app import console_app
-from triobus.actors.console.serve import check_bind, serve_console
+from triobus.actors.console.serve import serve_console
+from triobus.actors.console.serve_address import check_bind
 from triobus.actors.console.settings import ConsoleSettings, credentials_from_environment
 
 __all__ = [

@@ -9,12 +9,21 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from triobus.actors.console.pages import is_number
 from triobus.actors.console.views import Console
 from triobus.persistence.errors import ValidationError
 from triobus.persistence.validation import check_name, check_uuid
+
+
+class MoreThanConfirmed(Exception):
+    """A bulk action on everything matching found more than the operator confirmed."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
 
 
 def field(form: FormData, name: str) -> str | None:
@@ -35,6 +44,8 @@ def json_object(form: FormData, name: str, context: str) -> dict[str, Any] | Non
         raise ValidationError(
             f"{name} is not JSON: {ex.msg} at line {ex.lineno} ({context})"
         ) from None
+    except RecursionError:
+        raise ValidationError(f"{name} is nested too deeply ({context})") from None
     if not isinstance(value, dict):
         raise ValidationError(f"{name} must be a JSON object ({context})")
     return value
@@ -75,9 +86,9 @@ async def on_command(console: Console, request: Request) -> Response:
             result = json_object(form, "result", context)
             await tsq.operator_complete(domain, command_id, result_data=result, operator=operator)
             done = "completed"
-        case other:
-            raise ValidationError(f"unknown action {other!r} ({context})")
-    return console.redirect(request, "/tsq", domain=domain, done=done, count=1)
+        case _:
+            raise HTTPException(404)  # no such action: no such page
+    return console.redirect(request, "/tsq", {"domain": domain, "done": done, "count": 1})
 
 
 async def bulk(console: Console, request: Request) -> Response:
@@ -104,37 +115,25 @@ async def bulk(console: Console, request: Request) -> Response:
         raise ValidationError(f"scope must be selected or matching, not {scope!r} ({context})")
     reason = field(form, "reason")
     tsq = console.runtime.tsq
+    question = {
+        "domain": domain,
+        "action": action,
+        "scope": scope,
+        "command_type": command_type,
+        "ids": ids,
+        "reason": reason,
+    }
     if field(form, "confirmed") != "yes":
         count = (
             len(ids)
             if scope == "selected"
             else await tsq.count_troubleshooting(domain, command_type=command_type)
         )
-        return console.render(
-            request,
-            "confirm.html",
-            {
-                "domain": domain,
-                "action": action,
-                "scope": scope,
-                "command_type": command_type,
-                "ids": ids,
-                "count": count,
-                "reason": reason,
-            },
-        )
+        return console.render(request, "confirm.html", {**question, "count": count})
     operator = request.state.operator
     if action == "cancel":
         reason = required(form, "reason", context)
-    if scope == "matching":
-        if action == "retry":
-            count = await tsq.retry_all(domain, command_type=command_type, operator=operator)
-        else:
-            assert reason is not None
-            count = await tsq.cancel_all(
-                domain, reason, command_type=command_type, operator=operator
-            )
-    else:
+    if scope == "selected":
         async with console.runtime.transaction() as conn:  # all of them, or none
             for command_id in ids:
                 if action == "retry":
@@ -145,10 +144,29 @@ async def bulk(console: Console, request: Request) -> Response:
                         domain, command_id, reason, operator=operator, conn=conn
                     )
         count = len(ids)
+    else:
+        confirmed = field(form, "expected") or ""
+        if not is_number(confirmed):
+            raise ValidationError(f"expected must be the count confirmed ({context})")
+        try:
+            async with console.runtime.transaction() as conn:
+                if action == "retry":
+                    count = await tsq.retry_all(
+                        domain, command_type=command_type, operator=operator, conn=conn
+                    )
+                else:
+                    assert reason is not None
+                    count = await tsq.cancel_all(
+                        domain, reason, command_type=command_type, operator=operator, conn=conn
+                    )
+                if count > int(confirmed):  # more than the operator agreed to: undone
+                    raise MoreThanConfirmed(count)
+        except MoreThanConfirmed as more:
+            asked = {**question, "count": more.count, "grew_from": int(confirmed)}
+            return console.render(request, "confirm.html", asked, 409)
     done = "retried" if action == "retry" else "canceled"
-    return console.redirect(
-        request, "/tsq", domain=domain, type=command_type, done=done, count=count
-    )
+    query = {"domain": domain, "type": command_type, "done": done, "count": count}
+    return console.redirect(request, "/tsq", query)
 
 
 async def on_batch(console: Console, request: Request) -> Response:
@@ -171,7 +189,7 @@ async def on_batch(console: Console, request: Request) -> Response:
         case "close":
             await bus.close_batch(domain, batch_id)
             done = "batch-closed"
-        case other:
-            raise ValidationError(f"unknown action {other!r} ({context})")
+        case _:
+            raise HTTPException(404)  # no such action: no such page
     path = f"/batches/{quote(domain, safe='')}/{batch_id}"
-    return console.redirect(request, path, done=done, count=count)
+    return console.redirect(request, path, {"done": done, "count": count})

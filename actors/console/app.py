@@ -9,11 +9,13 @@ of JavaScript only reload a page's live part when the server says it changed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -28,6 +30,7 @@ from triobus.actors.runtime import Runtime
 from triobus.persistence.errors import (
     BatchNotFoundError,
     CommandNotFoundError,
+    DatabaseError,
     DatabaseUnavailableError,
     DuplicateCommandError,
     InvalidOperationError,
@@ -35,8 +38,7 @@ from triobus.persistence.errors import (
     ValidationError,
 )
 
-if TYPE_CHECKING:
-    from triobus.actors.metrics import PrometheusMetrics
+logger = logging.getLogger(__name__)
 
 _STATUS_OF_ERROR: tuple[tuple[type[TriobusError], int], ...] = (
     (ValidationError, 400),
@@ -59,9 +61,7 @@ def console_app(runtime: Runtime, settings: ConsoleSettings) -> Starlette:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    console = Console(
-        runtime=runtime, settings=settings, templates=environment, metrics=_metrics(runtime)
-    )
+    console = Console(runtime=runtime, settings=settings, templates=environment)
 
     def route(
         path: str, endpoint: Callable[[Console, Request], Awaitable[Response]], **kw: Any
@@ -71,6 +71,15 @@ def console_app(runtime: Runtime, settings: ConsoleSettings) -> Starlette:
                 return await endpoint(console, request)
             except TriobusError as ex:
                 status = next((s for t, s in _STATUS_OF_ERROR if isinstance(ex, t)), 500)
+                if status >= 500:
+                    logger.error(
+                        "%s %s failed (%s%s): %s",
+                        request.method,
+                        request.url.path,
+                        type(ex).__name__,
+                        f", SQLSTATE {ex.sqlstate}" if isinstance(ex, DatabaseError) else "",
+                        ex,
+                    )
                 return console.render(request, "error.html", {"error": str(ex)}, status)
 
         return Route(path, guarded, **kw)
@@ -100,15 +109,6 @@ def console_app(runtime: Runtime, settings: ConsoleSettings) -> Starlette:
     return app
 
 
-def _metrics(runtime: Runtime) -> PrometheusMetrics | None:
-    """The runtime's metrics for `/metrics`, if prometheus-client is installed."""
-    try:
-        from triobus.actors.metrics import PrometheusMetrics
-    except ImportError:
-        return None
-    return PrometheusMetrics(runtime.events)
-
-
 def _not_found(console: Console) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handler(request: Request, exc: Exception) -> Response:
         return console.render(request, "error.html", {"error": "no such page"}, 404)
@@ -117,4 +117,5 @@ def _not_found(console: Console) -> Callable[[Request, Exception], Awaitable[Res
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return HTMLResponse("method not allowed", 405)
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return HTMLResponse("method not allowed", 405, headers=headers)

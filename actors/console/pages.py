@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import trio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from triobus.actors.console import live
+from triobus.actors.console.auth import route_path
 from triobus.actors.console.views import Console
 from triobus.persistence import console as queries
 from triobus.persistence.errors import (
@@ -17,6 +20,8 @@ from triobus.persistence.errors import (
     ValidationError,
 )
 from triobus.persistence.records import BatchStatus, CommandStatus
+
+HEALTH_TIMEOUT = 2.0  # seconds /healthz waits for the database
 
 FINISHED = (CommandStatus.COMPLETED, CommandStatus.FAILED, CommandStatus.CANCELED)
 
@@ -36,11 +41,26 @@ def param(request: Request, name: str) -> str | None:
     return value or None
 
 
+def is_number(text: str) -> bool:
+    return text.isascii() and text.isdecimal()
+
+
 def offset_of(request: Request) -> int:
     text = param(request, "offset") or "0"
-    if not text.isdigit():
+    if not is_number(text):
         raise ValidationError(f"offset must be a whole number >= 0, not {text!r}")
     return int(text)
+
+
+def with_default(
+    console: Console, request: Request, name: str, default: str | None
+) -> Response | None:
+    """A page asked for without `name` (a domain, a queue) shows the default one under a
+    URL that names it (303), so reloading it, live or by hand, shows the same one."""
+    if param(request, name) is not None or default is None:
+        return None
+    params = {name: default, **{k: v for k, v in request.query_params.items() if k != name}}
+    return console.redirect(request, route_path(request.scope), params)
 
 
 def paging(offset: int, size: int, found: int) -> tuple[int | None, int | None]:
@@ -52,7 +72,7 @@ def paging(offset: int, size: int, found: int) -> tuple[int | None, int | None]:
 def done_message(request: Request) -> str | None:
     template = DONE.get(param(request, "done") or "")
     count = param(request, "count") or "0"
-    return None if template is None or not count.isdigit() else template.format(count=count)
+    return None if template is None or not is_number(count) else template.format(count=count)
 
 
 async def overview(console: Console, request: Request) -> Response:
@@ -77,7 +97,13 @@ async def overview(console: Console, request: Request) -> Response:
     return console.render(
         request,
         "overview.html",
-        {"rows": rows, "snapshot": snapshot, "estimate": estimate, "live": "overview"},
+        {
+            "rows": rows,
+            "snapshot": snapshot,
+            "estimate": estimate,
+            "live": "overview",
+            "since": live.overview_version(snapshot),
+        },
     )
 
 
@@ -88,7 +114,9 @@ async def _domains(console: Console) -> list[str]:
 
 async def commands(console: Console, request: Request) -> Response:
     domains = await _domains(console)
-    domain = param(request, "domain") or (domains[0] if domains else None)
+    if redirect := with_default(console, request, "domain", domains[0] if domains else None):
+        return redirect
+    domain = param(request, "domain")
     filters = {
         "status": param(request, "status"),
         "command_type": param(request, "type"),
@@ -147,9 +175,10 @@ async def troubleshooting(console: Console, request: Request) -> Response:
         ]
     )
     domains = sorted(set(waiting) | set(await _domains(console)))
-    domain = param(request, "domain") or (
-        waiting[0] if waiting else domains[0] if domains else None
-    )
+    default = waiting[0] if waiting else domains[0] if domains else None
+    if redirect := with_default(console, request, "domain", default):
+        return redirect
+    domain = param(request, "domain")
     command_type = param(request, "type")
     offset = offset_of(request)
     size = console.settings.page_size
@@ -172,13 +201,16 @@ async def troubleshooting(console: Console, request: Request) -> Response:
             "paging": paging(offset, size, len(items)),
             "done": done_message(request),
             "live": None if domain is None else f"tsq:{domain}",
+            "since": None if domain is None else live.tsq_version(snapshot, domain, items[:size]),
         },
     )
 
 
 async def batches(console: Console, request: Request) -> Response:
     domains = await _domains(console)
-    domain = param(request, "domain") or (domains[0] if domains else None)
+    if redirect := with_default(console, request, "domain", domains[0] if domains else None):
+        return redirect
+    domain = param(request, "domain")
     status = param(request, "status")
     offset = offset_of(request)
     size = console.settings.page_size
@@ -222,6 +254,7 @@ async def batch(console: Console, request: Request) -> Response:
             "trail": trail,
             "done": done_message(request),
             "live": f"batch:{found.domain}:{found.batch_id}",
+            "since": live.batch_version(found),
         },
     )
 
@@ -229,7 +262,9 @@ async def batch(console: Console, request: Request) -> Response:
 async def replies(console: Console, request: Request) -> Response:
     async with console.runtime.pool.connection() as conn:
         queues = await queries.select_reply_queues(conn)
-    queue = param(request, "queue") or (queues[0] if queues else None)
+    if redirect := with_default(console, request, "queue", queues[0] if queues else None):
+        return redirect
+    queue = param(request, "queue")
     found = (
         []
         if queue is None
@@ -241,17 +276,22 @@ async def replies(console: Console, request: Request) -> Response:
 
 
 async def health(console: Console, request: Request) -> Response:
-    """200 when the database answers, else 503 (no authentication: for load balancers)."""
-    try:
-        async with console.runtime.pool.connection() as conn:
-            await conn.fetch_one("SELECT 1 AS ok")
-    except DatabaseError:
-        return PlainTextResponse("database unavailable\n", 503)
-    return PlainTextResponse("ok\n")
+    """200 when the database answers within HEALTH_TIMEOUT, else 503 (no authentication:
+    for load balancers)."""
+    with trio.move_on_after(HEALTH_TIMEOUT):
+        try:
+            async with console.runtime.pool.connection() as conn:
+                await conn.fetch_one("SELECT 1 AS ok")
+        except DatabaseError:
+            pass
+        else:
+            return PlainTextResponse("ok\n")
+    return PlainTextResponse("database unavailable\n", 503)
 
 
 async def metrics(console: Console, request: Request) -> Response:
-    if console.metrics is None:
+    metrics = console.metrics()
+    if metrics is None:
         return PlainTextResponse(
             "metrics need prometheus-client: pip install 'triobus[prometheus]'\n", 404
         )
@@ -259,5 +299,5 @@ async def metrics(console: Console, request: Request) -> Response:
 
     snapshot = await console.gauges()
     if snapshot is not None:
-        console.metrics.show(snapshot, datetime.now(UTC))
-    return Response(generate_latest(console.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        metrics.show(snapshot, datetime.now(UTC))
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

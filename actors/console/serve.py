@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,34 +10,11 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from triobus.actors.console.app import console_app
+from triobus.actors.console.serve_address import check_bind
 from triobus.actors.console.settings import ConsoleSettings
 from triobus.actors.runtime import Runtime
-from triobus.persistence.errors import ValidationError
 
 GRACEFUL_STOP = 2.0  # seconds the open requests (live streams) get when the server stops
-
-
-def check_bind(bind: str, *, no_auth: bool) -> tuple[str, int]:
-    """HOST:PORT (`[::1]:8080` for IPv6). Without authentication, only a loopback host."""
-    host, colon, port_text = bind.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValidationError(f"bind must be HOST:PORT, such as 127.0.0.1:8080, not {bind!r}")
-    if no_auth and not _is_loopback(host):
-        raise ValidationError(
-            f"--no-auth serves only a loopback address (127.0.0.1, ::1, localhost), not"
-            f" {host!r}: configure credentials to serve other hosts"
-        )
-    return host, int(port_text)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve_console(

@@ -11,6 +11,7 @@ import os
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -50,12 +51,36 @@ def _domains(value: Iterable[str]) -> frozenset[str]:
     return frozenset(check_name("domain", d) for d in value)
 
 
+def _origins(value: Iterable[str]) -> frozenset[str]:
+    origins = set()
+    for origin in value:
+        parts = urlsplit(origin) if isinstance(origin, str) else None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValidationError(
+                f"an origin is scheme://host[:port], such as https://ops.example.com,"
+                f" not {origin!r}"
+            )
+        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return frozenset(origins)
+
+
 @attrs.frozen
 class ConsoleSettings:
     """`users` (name → password) log in with HTTP basic auth; `tokens` (token → the
     operator it acts as) with `Authorization: Bearer`. The name is the `operator` of
-    every action in the audit trail. `read_only` refuses every action. The data, result
-    and error details of commands in `hidden_payload_domains` are never shown."""
+    every action in the audit trail. `read_only` refuses every action. The payloads of
+    `hidden_payload_domains` are never shown: their commands' data, results, error
+    messages and details, their audit events' details (but for who acted, the attempt and
+    error types and codes) and their replies' data. Actions are accepted from the
+    console's own origin (the request's scheme and `Host`) and from `origins`, such as
+    `https://ops.example.com` for a console behind a proxy that rewrites `Host`."""
 
     users: dict[str, str] = attrs.field(factory=dict, converter=_users, repr=False)
     tokens: dict[str, str] = attrs.field(factory=dict, converter=_tokens, repr=False)
@@ -65,6 +90,7 @@ class ConsoleSettings:
         default=frozenset(),
         converter=_domains,
     )
+    origins: frozenset[str] = attrs.field(default=frozenset(), converter=_origins)
     page_size: int = 50
     live_interval: float = 1.0  # seconds between the live pages' checks for changes
 
@@ -76,7 +102,9 @@ class ConsoleSettings:
                 f" (${TOKEN_ENV}), or no_auth=True (--no-auth) on a loopback address"
             )
         if self.no_auth and (self.users or self.tokens):
-            raise ValidationError("no_auth=True contradicts the users and tokens given")
+            raise ValidationError(
+                "no_auth (--no-auth) contradicts the users and tokens configured: drop one"
+            )
         if not 1 <= self.page_size <= 1000:
             raise ValidationError(f"page_size must be 1..1000, not {self.page_size!r}")
         if not 0 < self.live_interval <= 60:

@@ -23,6 +23,9 @@ from triobus.persistence.schema import INSUFFICIENT_PRIVILEGE
 if TYPE_CHECKING:
     from triobus.actors.metrics import PrometheusMetrics
 
+# What an audit event's details may show of a domain whose payloads are hidden.
+NOT_PAYLOAD = frozenset({"operator", "attempt", "error_type", "error_code", "data_changed"})
+
 GAUGES_MAX_AGE = 5.0  # seconds: the overview's counts are at most this old (plus a refresh)
 
 
@@ -48,20 +51,40 @@ def seconds(value: float | None) -> str:
     return f"{value:.0f} s"
 
 
-@attrs.frozen
+@attrs.define
 class Console:
     """The console's state, shared by every request: the runtime it shows, its settings,
-    its templates and, with prometheus-client installed, the metrics of `/metrics`."""
+    its templates and, once `/metrics` is asked for, its metrics."""
 
     runtime: Runtime
     settings: ConsoleSettings
     templates: jinja2.Environment
-    metrics: PrometheusMetrics | None = None
+    _metrics: PrometheusMetrics | None = None
+
+    def metrics(self) -> PrometheusMetrics | None:
+        """The metrics of `/metrics`, made at the first request for them (they count the
+        runtime's events from then on; until then the events cost nothing); None without
+        prometheus-client."""
+        if self._metrics is None:
+            try:
+                from triobus.actors.metrics import PrometheusMetrics
+            except ImportError:
+                return None
+            self._metrics = PrometheusMetrics(self.runtime.events)
+        return self._metrics
+
+    def audit_details(self, domain: str, details: Mapping[str, Any] | None) -> object:
+        """An audit event's details as the page may show them: whole, or, for a domain
+        whose payloads are hidden, only who acted, the attempt and the error's kind."""
+        if not details or self.settings.shows_payloads_of(domain):
+            return details
+        return {k: v for k, v in details.items() if k in NOT_PAYLOAD}
 
     def close(self) -> None:
         """Stop counting the runtime's events for `/metrics`."""
-        if self.metrics is not None:
-            self.metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     def render(
         self,
@@ -84,18 +107,23 @@ class Console:
                 "operator": getattr(request.state, "operator", ""),
                 "read_only": self.settings.read_only,
                 "shows_payloads_of": self.settings.shows_payloads_of,
+                "audit_details": self.audit_details,
                 "pretty": pretty,
                 "ago": ago,
                 "seconds": seconds,
                 "done": None,
                 "live": None,
+                "since": None,
                 **context,
             }
         )
         return HTMLResponse(html, status_code)
 
-    def redirect(self, request: Request, path: str, **params: object) -> RedirectResponse:
-        """After an action: see its outcome on a page (303, so a reload does not repeat it)."""
+    def redirect(
+        self, request: Request, path: str, params: Mapping[str, object]
+    ) -> RedirectResponse:
+        """To `path` (below the console's mount point) with `params` as its query: after
+        an action, its outcome (303: a reload does not repeat it)."""
         query = urlencode({k: str(v) for k, v in params.items() if v not in (None, "")})
         base = request.scope.get("root_path", "")
         return RedirectResponse(base + path + ("?" + query if query else ""), 303)

@@ -123,16 +123,15 @@ class Browser:
             ) from None
 
     async def settled(self) -> None:
-        """Wait until the page has loaded and, if it is live, console.js has swapped in
-        its live part once (the first `changed` event comes when the stream opens): an
-        element found after that stays until the page changes."""
+        """Wait until the page has loaded and, if it is live, console.js listens to its
+        stream: from then on every change of what it shows reaches the page."""
         await self.wait(
             lambda: self.driver.execute_script(
                 "var live = document.getElementById('live');"
                 " return document.readyState === 'complete'"
-                " && (!live || !live.dataset.source || !!live.dataset.updated);"
+                " && (!live || !live.dataset.source || live.dataset.listening === 'yes');"
             ),
-            "the page to load and its live part to be swapped in",
+            "the page to load and listen to its live stream",
         )
 
     async def open(self, url: str) -> None:

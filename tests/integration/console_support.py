@@ -31,18 +31,22 @@ def basic(user: str = USER, password: str = PASSWORD) -> str:
 
 @asynccontextmanager
 async def console_client(
-    runtime: Runtime, settings: ConsoleSettings | None = None, *, auth: str | None = None
+    runtime: Runtime,
+    settings: ConsoleSettings | None = None,
+    *,
+    auth: str | None = None,
+    origin: str = ORIGIN,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the console's app, logged in as USER unless `auth` says otherwise
-    (""), sending the console's own Origin with each request, as its pages do."""
+    """A client of the console's app at `origin`, logged in as USER unless `auth` says
+    otherwise (""), sending that Origin with each request, as the console's pages do."""
     app = console_app(runtime, settings or ConsoleSettings(users={USER: PASSWORD}))
-    headers = {"Origin": ORIGIN}
+    headers = {"Origin": origin}
     if auth != "":
         headers["Authorization"] = auth or basic()
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(
-            transport=transport, base_url=ORIGIN, headers=headers
+            transport=transport, base_url=origin, headers=headers
         ) as client:
             yield client
     finally:

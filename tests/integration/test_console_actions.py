@@ -60,13 +60,16 @@ async def test_cancel_needs_a_reason_and_complete_takes_a_result(
         assert bad_json.status_code == 400 and "result is not JSON" in bad_json.text
         not_object = await client.post(f"/tsq/d/{second}/complete", data={"result": "[1]"})
         assert not_object.status_code == 400 and "JSON object" in not_object.text
+        for hostile in ("[" * 100_000 + "]" * 100_000, '{"x": NaN}'):
+            refused = await client.post(f"/tsq/d/{second}/complete", data={"result": hostile})
+            assert refused.status_code == 400, refused.text
         assert await parker.status(second) == CommandStatus.IN_TROUBLESHOOTING_QUEUE
         completed = await client.post(f"/tsq/d/{second}/complete", data={"result": '{"ok": 1}'})
         assert completed.status_code == 303
         again = await client.post(f"/tsq/d/{second}/retry")
         assert again.status_code == 409 and "COMPLETED" in again.text
         unknown = await client.post(f"/tsq/d/{second}/explode")
-        assert unknown.status_code == 400 and "unknown action" in unknown.text
+        assert unknown.status_code == 404 and "no such page" in unknown.text
     assert await parker.status(first) == CommandStatus.CANCELED
     done = await triobus_runtime.bus.get_command("d", second)
     assert done is not None and done.status == CommandStatus.COMPLETED
@@ -123,8 +126,8 @@ async def test_bulk_retry_of_everything_matching_a_type(
     async with console_client(triobus_runtime) as client:
         question = await client.post("/tsq/bulk", data=form)
         assert '<strong class="count">2</strong>' in question.text
-        assert "of type Broken" in question.text
-        done = await client.post("/tsq/bulk", data={**form, "confirmed": "yes"})
+        assert "of type Broken" in question.text and 'name="expected" value="2"' in question.text
+        done = await client.post("/tsq/bulk", data={**form, "confirmed": "yes", "expected": "2"})
         assert "done=retried&count=2" in done.headers["location"]
     for command_id in broken:
         await parker.wait_for(command_id, CommandStatus.COMPLETED)
@@ -169,3 +172,24 @@ async def test_batch_actions_cancel_retry_and_close(
     assert await completed(open_batch)
     canceled_batch = await runtime.bus.get_batch("waiting", doomed)
     assert canceled_batch is not None and canceled_batch.canceled_by == USER
+
+
+async def test_a_bulk_action_on_more_than_was_confirmed_is_undone_and_asked_again(
+    triobus_runtime: Runtime, parker: Parker
+) -> None:
+    first = await parker.park()
+    form = {"domain": "d", "action": "cancel", "scope": "matching", "reason": "flood"}
+    async with console_client(triobus_runtime) as client:
+        question = await client.post("/tsq/bulk", data=form)
+        assert '<strong class="count">1</strong>' in question.text
+        second = await parker.park()  # parked while the operator reads the question
+        confirmed = {**form, "confirmed": "yes", "expected": "1"}
+        again = await client.post("/tsq/bulk", data=confirmed)
+        assert again.status_code == 409
+        assert "2 match now, not the 1 you confirmed: nothing was done" in again.text
+        assert 'name="expected" value="2"' in again.text
+        statuses = [await parker.status(first), await parker.status(second)]
+        assert statuses == [CommandStatus.IN_TROUBLESHOOTING_QUEUE] * 2
+        done = await client.post("/tsq/bulk", data={**confirmed, "expected": "2"})
+        assert "done=canceled&count=2" in done.headers["location"]
+    assert [await parker.status(first), await parker.status(second)] == [CommandStatus.CANCELED] * 2

@@ -21,7 +21,13 @@ from tests.integration.console_support import (
     basic,
     console_client,
 )
-from triobus.actors import BatchCommand, Command, HandlerContext, Runtime
+from triobus.actors import (
+    BatchCommand,
+    Command,
+    HandlerContext,
+    PermanentCommandError,
+    Runtime,
+)
 from triobus.actors.console import ConsoleSettings, console_app
 from triobus.persistence.gauges import GAUGES_LOCK_KEY
 
@@ -132,8 +138,14 @@ async def test_commands_are_filtered_and_paged(triobus_runtime: Runtime) -> None
         assert "No commands match." in pending.text
         bad = await client.get("/commands", params={"domain": "d", "status": "LOST"})
         assert bad.status_code == 400 and "status" in bad.text
-        bad_offset = await client.get("/commands", params={"offset": "-1"})
-        assert bad_offset.status_code == 400
+        for offset in ("-1", "²", "1e3"):
+            bad = await client.get("/commands", params={"domain": "d", "offset": offset})
+            assert bad.status_code == 400 and "offset must be a whole number" in bad.text
+        chosen = await client.get("/commands", params={"type": "A"})  # no domain: the first
+        assert chosen.status_code == 303
+        assert chosen.headers["location"] == "/commands?domain=d&type=A"
+        odd = await client.get("/commands", params={"path": "x", "request": "y"})
+        assert odd.headers["location"] == "/commands?domain=d&path=x&request=y"
 
 
 async def test_unknown_commands_batches_and_pages_are_404s(triobus_runtime: Runtime) -> None:
@@ -148,20 +160,48 @@ async def test_unknown_commands_batches_and_pages_are_404s(triobus_runtime: Runt
 
 
 async def test_payloads_of_a_hidden_domain_are_never_shown(
-    triobus_runtime: Runtime, parker: Parker
+    triobus_runtime: Runtime, eventually: Callable[..., Any]
 ) -> None:
-    secret = "card 4111-1111-1111-1111"
-    parked = await parker.park(data={"card": secret})
-    settings = ConsoleSettings(users={USER: PASSWORD}, hidden_payload_domains={"d"})
-    async with console_client(triobus_runtime, settings) as client:
-        for path in (f"/commands/d/{parked}", "/tsq?domain=d", "/replies"):
-            page = (await client.get(path)).text
-            assert secret not in page and "4111" not in page
-        detail = (await client.get(f"/commands/d/{parked}")).text
-        assert "payloads are not shown" in detail and 'name="data"' not in detail
-        edited = await client.post(f"/tsq/d/{parked}/retry", data={"data": '{"card": "x"}'})
-        assert edited.status_code == 400 and "hidden" in edited.text
-        assert await parker.status(parked) == "IN_TROUBLESHOOTING_QUEUE"
+    runtime = triobus_runtime
+    secret = "4111-1111-1111-1111"
+
+    async def declined(command: Command, ctx: HandlerContext) -> None:
+        card = command.data["card"]
+        raise PermanentCommandError("DECLINED", f"card {card} declined", {"card": card})
+
+    runtime.registry.register("pay", "Charge", declined)
+    await runtime.start_worker("pay", poll_interval=0.05)
+    sent = await runtime.bus.send("pay", "Charge", uuid.uuid4(), {"card": secret}, reply_to="q")
+    command_id = sent.command_id
+
+    async def parked() -> bool:
+        return await runtime.tsq.count_troubleshooting("pay") == 1
+
+    await eventually(parked)
+    # retried with other data: the audit trail keeps the secret as the previous data
+    await runtime.tsq.operator_retry("pay", command_id, data={"card": "5500-0000"})
+    await eventually(lambda: trail_has(runtime, command_id, "MOVED_TO_TSQ", 2))
+    await runtime.tsq.operator_cancel("pay", command_id, "fraud")  # a reply with data
+    settings = ConsoleSettings(users={USER: PASSWORD}, hidden_payload_domains={"pay"})
+    async with console_client(runtime, settings) as client:
+        pages = [
+            (await client.get(path)).text
+            for path in (f"/commands/pay/{command_id}", "/tsq?domain=pay", "/replies?queue=q")
+        ]
+        detail = pages[0]
+        assert "payloads are not shown" in detail and "(message hidden)" in detail
+        assert '"operator"' in detail and "OPERATOR_RETRY" in detail  # who acted is shown
+        edited = await client.post(f"/tsq/pay/{command_id}/retry", data={"data": "{}"})
+        assert edited.status_code == 400 and "payloads of this domain are hidden" in edited.text
+    for page in pages:
+        assert secret not in page and "4111" not in page and "5500" not in page
+    async with console_client(runtime) as client:  # not hidden: all of it is shown
+        assert "4111" in (await client.get(f"/commands/pay/{command_id}")).text
+
+
+async def trail_has(runtime: Runtime, command_id: uuid.UUID, event: str, times: int) -> bool:
+    trail = await runtime.bus.get_audit_trail(command_id, "pay")
+    return sum(e.event_type == event for e in trail) == times
 
 
 async def test_replies_per_queue(triobus_runtime: Runtime, parker: Parker) -> None:
@@ -209,7 +249,9 @@ async def test_mounted_under_a_prefix_its_links_and_redirects_carry_it(
     )
     try:
         async with client:
-            page = (await client.get("/ops/triobus/tsq")).text
+            chosen = await client.get("/ops/triobus/tsq")
+            assert chosen.headers["location"] == "/ops/triobus/tsq?domain=d"
+            page = (await client.get(chosen.headers["location"])).text
             assert f'href="/ops/triobus/commands/d/{parked}"' in page
             assert 'href="/ops/triobus/static/console.css"' in page
             assert 'action="/ops/triobus/tsq/bulk"' in page

@@ -80,12 +80,20 @@ async def test_a_bearer_token_acts_as_its_operator_without_an_origin(
     "headers",
     [
         {"Origin": "https://evil.example"},
+        {"Origin": "https://console.test"},  # the same host by another scheme
         {"Origin": "null"},
         {"Origin": "http://console.test.evil.example"},
         {"Referer": "https://evil.example/console.test/tsq"},
         {},
     ],
-    ids=["foreign-origin", "null-origin", "lookalike-origin", "foreign-referer", "neither"],
+    ids=[
+        "foreign-origin",
+        "other-scheme",
+        "null-origin",
+        "lookalike-origin",
+        "foreign-referer",
+        "neither",
+    ],
 )
 async def test_an_action_from_another_site_is_refused_and_changes_nothing(
     triobus_runtime: Runtime, parker: Parker, headers: dict[str, str]
@@ -145,7 +153,15 @@ async def test_no_auth_acts_as_console_and_serves_only_loopback(
     triobus_runtime: Runtime, parker: Parker
 ) -> None:
     parked = await parker.park()
-    async with console_client(triobus_runtime, ConsoleSettings(no_auth=True), auth="") as client:
+    settings = ConsoleSettings(no_auth=True)
+    async with console_client(triobus_runtime, settings, auth="", origin=ORIGIN) as rebound:
+        # A page of console.test whose name now points at 127.0.0.1 (DNS rebinding).
+        assert (await rebound.get("/")).status_code == 403
+        refused = await rebound.post(f"/tsq/d/{parked}/cancel", data={"reason": "rebound"})
+        assert refused.status_code == 403 and "not a loopback host" in refused.text
+    local = "http://127.0.0.1:8080"
+    async with console_client(triobus_runtime, settings, auth="", origin=local) as client:
+        assert (await client.get("/")).status_code == 200
         response = await client.post(f"/tsq/d/{parked}/cancel", data={"reason": "local"})
     assert response.status_code == 303
     trail = await triobus_runtime.bus.get_audit_trail(parked, "d")
@@ -182,3 +198,44 @@ def test_credentials_from_the_environment_and_a_users_file(tmp_path: Path) -> No
     assert "no colon here" not in str(caught.value)  # it may be a password
     with pytest.raises(ValidationError, match="cannot read the users file"):
         credentials_from_environment({}, users_file=str(tmp_path / "missing"))
+
+
+async def test_behind_a_proxy_actions_come_from_the_configured_origin(
+    triobus_runtime: Runtime, parker: Parker
+) -> None:
+    """A proxy that rewrites Host: the console sees its own address, the browser sends the
+    public origin, which the settings name."""
+    parked = await parker.park()
+    public = "https://ops.example.com"
+    settings = ConsoleSettings(users={USER: PASSWORD}, origins=[public + "/"])
+    async with console_client(triobus_runtime, settings, origin=public) as client:
+        client.headers["Host"] = "127.0.0.1:8080"
+        response = await client.post(f"/tsq/d/{parked}/cancel", data={"reason": "proxied"})
+    assert response.status_code == 303
+    with pytest.raises(ValidationError, match="an origin is scheme://host"):
+        ConsoleSettings(users={USER: PASSWORD}, origins=["ops.example.com"])
+    with pytest.raises(ValidationError, match="an origin is scheme://host"):
+        ConsoleSettings(users={USER: PASSWORD}, origins=["https://ops.example.com/console"])
+
+
+async def test_every_response_forbids_framing_and_caching(triobus_runtime: Runtime) -> None:
+    async with console_client(triobus_runtime) as client:
+        for response in (
+            await client.get("/"),
+            await client.get("/healthz"),
+            await client.get("/nowhere"),
+        ):
+            assert response.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["x-content-type-options"] == "nosniff"
+    async with console_client(triobus_runtime, auth="") as anonymous:
+        refused = await anonymous.get("/")
+    assert refused.status_code == 401 and refused.headers["x-frame-options"] == "DENY"
+
+
+async def test_only_healthz_itself_and_static_files_are_open(triobus_runtime: Runtime) -> None:
+    async with console_client(triobus_runtime, auth="") as anonymous:
+        for path in ("/healthz/x", "/healthzfoo", "/static", "/statics/x", "/commands/healthz/x"):
+            assert (await anonymous.get(path)).status_code == 401, path
+        assert (await anonymous.get("/static/console.js")).status_code == 200

@@ -3,6 +3,7 @@ its live event streams) and as `triobus web`, a real subprocess."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -141,14 +143,18 @@ async def test_triobus_web_serves_until_sigterm_and_never_logs_a_secret(
         ([], "the console needs credentials"),
         (["--no-auth", "--bind", "0.0.0.0:8080"], "--no-auth serves only a loopback address"),
         (["--no-auth", "--bind", "8080"], "bind must be HOST:PORT"),
+        (["--no-auth", "--bind", "127.0.0.1:²"], "bind must be HOST:PORT"),
+        (["--no-auth", "--origin", "ops.example.com"], "an origin is scheme://host"),
+        (["--no-auth", "TRIOBUS_WEB_TOKEN=" + "t" * 20], "--no-auth) contradicts"),
     ],
 )
 async def test_triobus_web_refuses_to_start_open_or_misconfigured(
     triobus_dsn: str, arguments: list[str], message: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOBUS_WEB_")}
+    env.update(a.partition("=")[::2] for a in arguments if a.startswith("TRIOBUS_"))
     result = await trio.run_process(
-        [TRIOBUS, "web", *arguments],
+        [TRIOBUS, "web", *(a for a in arguments if not a.startswith("TRIOBUS_"))],
         env={**env, "TRIOBUS_DSN": triobus_dsn},
         capture_stdout=True,
         capture_stderr=True,
@@ -156,3 +162,33 @@ async def test_triobus_web_refuses_to_start_open_or_misconfigured(
     )
     stderr = result.stderr.decode()
     assert result.returncode == 2 and message in stderr and "Traceback" not in stderr
+
+
+async def test_a_live_stream_from_its_pages_version_says_only_what_changed_since(
+    triobus_runtime: Runtime, served: httpx.AsyncClient
+) -> None:
+    runtime = triobus_runtime
+    gate = trio.Event()
+
+    async def gated(command: Command, ctx: HandlerContext) -> None:
+        await gate.wait()
+
+    runtime.registry.register("d", "Gated", gated)
+    batch_id = await runtime.bus.create_batch("d", [BatchCommand("Gated", uuid.uuid4(), {})])
+    page = (await served.get(f"/batches/d/{batch_id}")).text
+    source = html.unescape(page.split('data-source="')[1].split('"')[0])
+    assert source.startswith("/live?topic=batch") and "since=" in source
+    assert (await served.head(source)).status_code == 200  # answered, not streamed
+    await runtime.start_worker("d", poll_interval=0.05)
+    rendered = json.loads(parse_qs(urlsplit(source).query)["since"][0])
+    assert rendered[0] == "PENDING"
+    seen = []
+    with trio.fail_after(20):
+        async with served.stream("GET", source) as live:
+            gate.set()
+            async for version in events(live):
+                seen.append(version)
+                if version[0] == "COMPLETED":
+                    break
+    assert rendered not in seen  # the page had that: only the changes since came
+    assert seen[-1][2] == 1

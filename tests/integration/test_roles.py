@@ -148,12 +148,12 @@ async def test_the_operator_role_runs_the_web_console(
         await eventually(is_parked)
         for path in (
             "/",
-            "/commands",
+            "/commands?domain=d",
             f"/commands/d/{parked.command_id}",
-            "/tsq",
-            "/batches",
+            "/tsq?domain=d",
+            "/batches?domain=d",
             f"/batches/d/{batch_id}",
-            "/replies",
+            "/replies?queue=q",
             "/metrics",
         ):
             assert (await console.get(path)).status_code == 200, path

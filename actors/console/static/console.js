@@ -1,9 +1,14 @@
+// The console's only script (its pages work without it, but for live updates).
 // Live pages: the server sends a `changed` event when what the page shows has changed;
 // the page then fetches itself and swaps in its live part, unless the operator is busy
 // in it (typing, or with commands selected): then it only says that the page changed.
 (function () {
   "use strict";
+  document.addEventListener("change", function (event) {
+    if (event.target.matches("select[data-submit-on-change]")) { event.target.form.submit(); }
+  });
   var live = document.getElementById("live");
+  var stale = document.querySelector(".stale");
   if (!live || !live.dataset.source || !window.EventSource) { return; }
   function busy() {
     var focused = document.activeElement;
@@ -13,14 +18,19 @@
     });
   }
   function reload() {
-    if (busy()) { document.querySelector(".stale").hidden = false; return; }
+    if (busy()) { stale.hidden = false; return; }
     fetch(window.location.href, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
-        if (fresh && !busy()) { live.innerHTML = fresh.innerHTML; live.dataset.updated = String(Date.now()); }
+        if (!fresh || busy()) { stale.hidden = false; return; }
+        live.innerHTML = fresh.innerHTML;
+        live.dataset.updated = String(Date.now());
+        stale.hidden = true;
       })
-      .catch(function () { document.querySelector(".stale").hidden = false; });
+      .catch(function () { stale.hidden = false; });
   }
-  new EventSource(live.dataset.source).addEventListener("changed", reload);
+  var source = new EventSource(live.dataset.source);
+  source.addEventListener("open", function () { live.dataset.listening = "yes"; });
+  source.addEventListener("changed", reload);
 })();
