@@ -1,7 +1,7 @@
 """The triobus benchmark suite: runs every scenario and writes benchmarks/RESULTS.md.
 
     python benchmarks/run.py [--runs 3] [--long] [--only peers,...] [--output FILE]
-                             [--setting shared_buffers=1GB ...]
+                             [--setting shared_buffers=1GB ...] [--hop-us 250]
     (./run bench runs it)
 
 Uses $TRIOBUS_DSN when set, else starts its own embedded PostgreSQL (durable settings,
@@ -29,8 +29,8 @@ running benchmarks/worker_process.py. Scenarios:
 * memory (--long): worker RSS at start, after 100k and after 1M commands;
 * peers: the throughput scenario's 20,000 no-op jobs, processing phase only (enqueued
   first; timed from telling the idle, connected worker processes to start until all are
-  done), for PgQueuer and Procrastinate (benchmarks/peers/*_peer.py, run with the python
-  of the separate benchmark environment .venv-bench, which `./run bench` creates), for
+  done), for PgQueuer, Procrastinate and Oban (benchmarks/peers/*_peer.py, run with the
+  python of the separate benchmark environment .venv-bench, which `./run bench` creates), for
   triobus itself measured the same way, and the pgbench ceiling for the equivalent SQL.
 
 Scenario names for --only: throughput, transactional, cost, latency, callback, sends,
@@ -76,6 +76,9 @@ from triobus.persistence.embedded import (
     find_postgres_bin_dir,
     open_embedded_postgres,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for benchmarks.latency
+from benchmarks.latency import latency_hop
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"
@@ -846,7 +849,8 @@ class Bench:
         )
 
     async def peers(self) -> None:
-        """PgQueuer, Procrastinate and triobus on the processing phase; the pgbench ceiling.
+        """PgQueuer, Procrastinate, Oban and triobus on the processing phase, each at its
+        defaults and over a small sweep, best against best; the pgbench ceiling.
 
         Interleaved: each round measures every configuration once, so the machine's drift
         during the scenario (it can be tens of percent on a shared VM) hits all alike, and
@@ -854,8 +858,7 @@ class Bench:
         """
         packages = sorted({p for config in PEER_CONFIGS for p in (config.package, *config.needs)})
         versions = await installed_versions(BENCH_VENV / "bin" / "python", packages)
-        # (worker processes, concurrency, prefetch); ratios use the default, prefetch 0
-        triobus_keys = ((1, 16, 0), (1, 64, 0), (2, 64, 0), (1, 16, 16))
+        triobus_keys = TRIOBUS_SWEEP
         phase: dict[tuple[int, int, int], list[float]] = {key: [] for key in triobus_keys}
         peer_rates: dict[int, list[float]] = {}
         failures: dict[int, str] = {}
@@ -902,6 +905,9 @@ class Bench:
                 rows.append([*row, failures[index], "", ""])
                 continue
             rates = peer_rates[index]
+            if key not in phase:  # no triobus row with these processes and concurrency
+                rows.append([*row, summary(rates), "—", "—"])
+                continue
             paired = statistics.median(t / r for t, r in zip(phase[key], rates, strict=True))
             scenario = self.throughput_rates.get(key[:2])
             rows.append(
@@ -927,7 +933,77 @@ class Bench:
             rows,
             PEERS_NOTE,
         )
+        self.best_against_best(phase, peer_rates, versions)
         await self.pgbench(max(statistics.median(rates) for rates in phase.values()))
+
+    def best_against_best(
+        self,
+        phase: dict[tuple[int, int, int], list[float]],
+        peer_rates: dict[int, list[float]],
+        versions: dict[str, str | None],
+    ) -> None:
+        """Each system at its defaults and at its best configuration of the sweep (the
+        highest median), and triobus's over each peer's, as the median of the same
+        rounds' ratios."""
+        best_key = max(phase, key=lambda k: statistics.median(phase[k]))
+        default_key = TRIOBUS_SWEEP[0]
+
+        def ratio(ours: list[float], theirs: list[float]) -> str:
+            values = [t / r for t, r in zip(ours, theirs, strict=True)]
+            return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+        def described(processes: int, concurrency: int, setup: str) -> str:
+            return f"{processes} x {concurrency or 'unlimited'}, {setup}"
+
+        rows = [
+            [
+                "triobus",
+                described(default_key[0], default_key[1], "prefetch 0")
+                + f": {summary(phase[default_key])}",
+                described(best_key[0], best_key[1], f"prefetch {best_key[2]}")
+                + f": {summary(phase[best_key])}",
+                "—",
+                "—",
+            ]
+        ]
+        for system in dict.fromkeys(c.system for c in PEER_CONFIGS):
+            ran = [i for i, c in enumerate(PEER_CONFIGS) if c.system == system and i in peer_rates]
+            ran = [i for i in ran if len(peer_rates[i]) == len(phase[best_key])]
+            if not ran:
+                continue
+            best = max(ran, key=lambda i: statistics.median(peer_rates[i]))
+            defaults = [i for i in ran if PEER_CONFIGS[i].default][:1]
+            package = PEER_CONFIGS[best].package
+            config = PEER_CONFIGS[best]
+            default_cell, default_ratio = "not run", "—"
+            if defaults:
+                d = PEER_CONFIGS[defaults[0]]
+                default_cell = described(d.processes, d.concurrency, d.setup)
+                default_cell += f": {summary(peer_rates[defaults[0]])}"
+                default_ratio = ratio(phase[default_key], peer_rates[defaults[0]])
+            rows.append(
+                [
+                    f"{system} {versions[package] or ''}".strip(),
+                    default_cell,
+                    described(config.processes, config.concurrency, config.setup)
+                    + f": {summary(peer_rates[best])}",
+                    ratio(phase[best_key], peer_rates[best]),
+                    default_ratio,
+                ]
+            )
+        self.section(
+            "Best against best: each system at its defaults and at the best configuration"
+            " of the sweep above (jobs/s, median)",
+            [
+                "system",
+                "at its defaults",
+                "at its best",
+                "triobus best ÷ its best (same rounds)",
+                "triobus defaults ÷ its defaults",
+            ],
+            rows,
+            BEST_NOTE,
+        )
 
     async def _triobus_phase(self, processes: int, concurrency: int, prefetch: int) -> float:
         """Seconds from starting gated workers on an already created batch to on_complete."""
@@ -1026,6 +1102,7 @@ class PeerConfig:
     concurrency: int  # per worker process; 0: unlimited
     extra: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()  # other distributions the script imports
+    default: bool = False  # the system's own defaults (the first such row of a system)
 
     def arguments(self) -> list[str]:
         return [
@@ -1050,9 +1127,38 @@ def _pgqueuer(setup: str, processes: int, concurrency: int, batch: int, *extra: 
         concurrency,
         ("--batch-size", str(batch), *extra),
         needs,
+        default="its defaults" in setup and processes == 1,
     )
 
 
+# triobus's sweep: (worker processes, concurrency, prefetch); the first is its defaults
+# (start_worker's concurrency 8, no prefetch), the per-row ratios use the prefetch-0 rows.
+TRIOBUS_SWEEP = (
+    (1, 8, 0),
+    (1, 16, 0),
+    (1, 64, 0),
+    (2, 64, 0),
+    (2, 128, 0),
+    (1, 16, 16),
+    (1, 64, 64),
+    (2, 64, 64),
+)
+
+
+def _oban(setup: str, processes: int, concurrency: int, *extra: str) -> PeerConfig:
+    return PeerConfig(
+        "Oban (oban-py)",
+        "oban",
+        "oban_peer.py",
+        setup,
+        processes,
+        concurrency,
+        tuple(extra),
+        default="its defaults" in setup and processes == 1 and concurrency == 10,
+    )
+
+
+_OBAN = "psycopg pool + uvloop"
 _ASYNCPG = ("--driver", "asyncpg", "--uvloop")
 PEER_CONFIGS = (
     _pgqueuer("asyncpg + uvloop, its defaults", 1, 0, 10, *_ASYNCPG),
@@ -1062,6 +1168,15 @@ PEER_CONFIGS = (
     _pgqueuer("asyncpg + uvloop", 1, 64, 10, *_ASYNCPG),
     _pgqueuer("asyncpg + uvloop", 1, 64, 32, *_ASYNCPG),
     _pgqueuer("psycopg async, asyncio loop", 1, 0, 10, "--driver", "psycopg"),
+    PeerConfig(
+        "Procrastinate",
+        "procrastinate",
+        "procrastinate_peer.py",
+        "psycopg pool, its defaults (concurrency 1)",
+        1,
+        1,
+        default=True,
+    ),
     PeerConfig(
         "Procrastinate",
         "procrastinate",
@@ -1078,27 +1193,46 @@ PEER_CONFIGS = (
         1,
         64,
     ),
+    _oban(f"{_OBAN}, debounce 5 ms, its defaults (limit 10)", 1, 10),
+    _oban(f"{_OBAN}, debounce 5 ms", 1, 16),
+    _oban(f"{_OBAN}, debounce 5 ms", 1, 64),
+    _oban(f"{_OBAN}, debounce 5 ms", 2, 64),
+    _oban(f"{_OBAN}, no debounce", 1, 64, "--debounce", "0"),
+    _oban(f"{_OBAN}, no debounce", 2, 64, "--debounce", "0"),
 )
 
 PEERS_NOTE = """\
 Each run uses a fresh database. Peers run in the separate environment .venv-bench
-(benchmarks/peers/pgqueuer_peer.py, procrastinate_peer.py): the jobs are enqueued in bulk,
-the worker processes start, connect and wait; the clock runs from telling them to go until
-the last one has drained the queue (PgQueuer: `QueueManager.run(mode=drain)` returned, so
-its buffered completions are flushed; Procrastinate: `run_worker_async(wait=False)`
-returned). PgQueuer's batch is its dequeue batch size (at most half of
+(benchmarks/peers/pgqueuer_peer.py, procrastinate_peer.py, oban_peer.py): the jobs are
+enqueued in bulk, the worker processes start, connect and wait; the clock runs from
+telling them to go until the last one has drained the queue (PgQueuer:
+`QueueManager.run(mode=drain)` returned, so its buffered completions are flushed;
+Procrastinate: `run_worker_async(wait=False)` returned; Oban: its queue starts paused and
+is resumed on go, and the clock stops when no job is left available, executing, scheduled
+or retryable, checked every 10 ms, so every completion is acked; its debounce is its pause
+before each ack-and-fetch). PgQueuer's batch is its dequeue batch size (at most half of
 `max_concurrent_tasks`); its default is 10 with unlimited concurrency. triobus rows: the
 batch is created first, then gated worker processes start claiming (benchmarks/
 worker_process.py ... gated) and the clock stops at on_complete in this process. Runs are
-interleaved: each round measures every row once, so drift in the machine's speed during the
-scenario hits all rows alike. The ratio columns compare triobus with its defaults
-(prefetch 0; the prefetch row shows the opt-in `start_worker(prefetch=...)`) at the same
-worker processes and concurrency (64 for "unlimited") with the peer: the processing-phase column
-is the median of the per-round ratios (triobus's run and the peer's run of the same round,
-the same method); the throughput-scenario column divides that scenario's median
-(create_batch → on_complete, creation included: not the same method; n/a when it was not
-run) by the peer's median. triobus also writes an audit trail and batch counters that the
-peers do not."""
+interleaved: each round measures every row once, so drift in the machine's speed during
+the scenario hits all rows alike. The ratio columns compare the peer's row with triobus's
+prefetch-0 row of the same worker processes and concurrency (64 for "unlimited"; — where
+triobus has no such row; the prefetch rows show the opt-in `start_worker(prefetch=...)`):
+the processing-phase column is the median of the per-round ratios (triobus's run and the
+peer's run of the same round, the same method); the throughput-scenario column divides
+that scenario's median (create_batch → on_complete, creation included: not the same
+method; n/a when it was not run) by the peer's median. triobus also writes an audit trail
+and batch counters that the peers do not."""
+
+BEST_NOTE = """\
+A system's best is its row with the highest median in the table above (its sweep: for
+triobus worker processes, concurrency and prefetch; for PgQueuer processes, concurrency and
+dequeue batch; for Procrastinate concurrency; for Oban processes, its queue limit and its
+debounce). The ratios pair the runs of the same round
+(the scenario is interleaved) and give the median with min-max. "Defaults" is what each
+system does untuned: triobus `start_worker` as it comes (concurrency 8, no prefetch), one
+process; PgQueuer's defaults; Procrastinate's concurrency 1; Oban's queue limit 10 with
+its 5 ms debounce."""
 
 PGBENCH_NOTE = """\
 benchmarks/peers/pgbench_peer.py with {program}, prepared statements: a plain
@@ -1190,7 +1324,12 @@ def _unit(unit: str | None) -> str:
 
 
 async def main(
-    runs: int, long: bool, only: Sequence[str], output: Path, server_settings: dict[str, str]
+    runs: int,
+    long: bool,
+    only: Sequence[str],
+    output: Path,
+    server_settings: dict[str, str],
+    hop_us: int,
 ) -> None:
     async with AsyncExitStack() as stack:
         dsn = os.environ.get("TRIOBUS_DSN")
@@ -1198,6 +1337,8 @@ async def main(
             dsn = await stack.enter_async_context(
                 open_embedded_postgres(settings=SERVER_SETTINGS | server_settings)
             )
+        if hop_us:  # every connection of every system, from here on, through the hop
+            dsn = await stack.enter_async_context(latency_hop(dsn, delay_us=hop_us))
         conn = await connect(dsn)
         try:
             version_row = await conn.fetch_one("SHOW server_version")
@@ -1233,7 +1374,13 @@ async def main(
         f"- PostgreSQL {version}: "
         + ", ".join(f"{s['name']}={s['setting']}{_unit(s['unit'])}" for s in settings),
         f"- command: `python {' '.join(sys.argv)}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
-        f"- medians of {runs} runs with min-max where marked; client and server share the machine",
+        f"- medians of {runs} runs with min-max where marked; client and server share the machine"
+        + (
+            f"; every connection passes a latency proxy adding {hop_us} µs each way"
+            " (benchmarks/latency_proxy.c: one network hop)"
+            if hop_us
+            else ""
+        ),
         "- on a shared VM the machine's speed drifts (up to 2x between runs an hour apart):"
         " compare the peers scenario's same-round ratios, not absolute figures across runs",
     ]
@@ -1260,6 +1407,14 @@ if __name__ == "__main__":
         metavar="NAME=VALUE",
         help="a server setting of the embedded cluster, e.g. shared_buffers=1GB (repeatable)",
     )
+    parser.add_argument(
+        "--hop-us",
+        type=int,
+        default=0,
+        metavar="MICROSECONDS",
+        help="every database connection through a proxy delaying each way by this much"
+        " (250: one network hop)",
+    )
     options = parser.parse_args()
     settings = dict(setting.partition("=")[::2] for setting in options.setting)
     if not all(settings.values()):
@@ -1267,4 +1422,4 @@ if __name__ == "__main__":
     only = [name for name in options.only.split(",") if name]
     if unknown := set(only) - set(SCENARIOS):
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    trio.run(main, options.runs, options.long, only, options.output, settings)
+    trio.run(main, options.runs, options.long, only, options.output, settings, options.hop_us)
