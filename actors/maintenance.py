@@ -27,6 +27,7 @@ from triobus.persistence.connection import Connection
 from triobus.persistence.errors import DatabaseError, ValidationError
 from triobus.persistence.pool import ConnectionPool
 from triobus.persistence.retention import Removed
+from triobus.persistence.schema import INSUFFICIENT_PRIVILEGE
 from triobus.persistence.validation import check_name, check_seconds
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 DAY = 86_400.0
 MIN_CHUNK = 10
 QUERY_CANCELED = "57014"  # statement_timeout
-INSUFFICIENT_PRIVILEGE = "42501"
 # pg_advisory_xact_lock key of the pruner: "triobusP", fixed forever.
 PRUNE_LOCK_KEY = 0x74726962_75735050
 

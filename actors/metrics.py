@@ -192,8 +192,7 @@ async def refresh_and_show(
     pool: ConnectionPool, metrics: PrometheusMetrics, *, max_age: float
 ) -> None:
     async with pool.connection() as conn:
-        await gauges.refresh_gauges(conn, max_age=max_age)
-        snapshot = await gauges.select_gauges(conn)
+        snapshot = await gauges.current_snapshot(conn, max_age=max_age)
     if snapshot is not None:
         metrics.show(snapshot, datetime.now(UTC))
 

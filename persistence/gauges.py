@@ -15,8 +15,10 @@ from typing import Any
 import attrs
 
 from triobus.persistence.connection import Connection
+from triobus.persistence.errors import DatabaseError
 from triobus.persistence.literals import literal
 from triobus.persistence.records import CommandStatus
+from triobus.persistence.schema import INSUFFICIENT_PRIVILEGE
 
 # pg_try_advisory_xact_lock key of the gauges' refresh: "triobusG", fixed forever.
 GAUGES_LOCK_KEY = 0x74726962_75734750
@@ -114,6 +116,19 @@ async def refresh_gauges(conn: Connection, *, max_age: float) -> bool:
     is at it; whether this call did."""
     row = await conn.fetch_one(REFRESH_GAUGES, {"key": GAUGES_LOCK_KEY, "max_age": max_age})
     return row is not None
+
+
+async def current_snapshot(conn: Connection, *, max_age: float) -> GaugeSnapshot | None:
+    """The snapshot, refreshed first if it is older than `max_age` seconds and no other
+    process is at it (None: never computed). A role that may not refresh it reads what
+    the other processes keep."""
+    try:
+        async with conn.transaction():
+            await refresh_gauges(conn, max_age=max_age)
+    except DatabaseError as ex:
+        if ex.sqlstate != INSUFFICIENT_PRIVILEGE:
+            raise
+    return await select_gauges(conn)
 
 
 async def select_gauges(conn: Connection) -> GaugeSnapshot | None:

@@ -67,7 +67,7 @@ from triobus.persistence.new_commands import (
     new_command_id,
 )
 from triobus.persistence.records import BatchCommand, FollowUpCommand, SendResult
-from triobus.persistence.tracing import send_span
+from triobus.persistence.tracing import command_send_span, send_span
 from triobus.persistence.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
 __all__ = [
@@ -190,9 +190,7 @@ def send(
         json_default=json_default,
     )
     _check_connection(conn, psycopg.Connection, command.context)
-    with send_span(
-        command.domain, command_type=command.command_type, command_id=command.command_id
-    ):
+    with command_send_span(command):
         return _completed(insert_command(_SyncConnection(conn), command))
 
 
@@ -226,9 +224,7 @@ async def send_async(
         json_default=json_default,
     )
     _check_connection(conn, psycopg.AsyncConnection, command.context)
-    with send_span(
-        command.domain, command_type=command.command_type, command_id=command.command_id
-    ):
+    with command_send_span(command):
         return await insert_command(_AsyncioConnection(conn), command)
 
 

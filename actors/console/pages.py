@@ -3,7 +3,9 @@ a page of rows at a time, so it stays fast however many commands are stored."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import trio
 from starlette.requests import Request
@@ -20,6 +22,9 @@ from triobus.persistence.errors import (
     ValidationError,
 )
 from triobus.persistence.records import BatchStatus, CommandStatus
+
+T = TypeVar("T")
+Paging = tuple[int | None, int | None]
 
 HEALTH_TIMEOUT = 2.0  # seconds /healthz waits for the database
 
@@ -63,10 +68,11 @@ def with_default(
     return console.redirect(request, route_path(request.scope), params)
 
 
-def paging(offset: int, size: int, found: int) -> tuple[int | None, int | None]:
-    """The offsets of the previous and the next page (None: there is none); `found` is
-    how many rows a query for `size + 1` returned."""
-    return (max(offset - size, 0) if offset > 0 else None, offset + size if found > size else None)
+def one_page(found: Sequence[T], offset: int, size: int) -> tuple[Sequence[T], Paging]:
+    """The page to show of what a query for `size + 1` rows from `offset` found, and the
+    offsets of the previous and the next page (None: there is none)."""
+    previous = max(offset - size, 0) if offset > 0 else None
+    return found[:size], (previous, offset + size if len(found) > size else None)
 
 
 def done_message(request: Request) -> str | None:
@@ -76,8 +82,8 @@ def done_message(request: Request) -> str | None:
 
 
 async def overview(console: Console, request: Request) -> Response:
-    snapshot = await console.gauges()
     async with console.runtime.pool.connection() as conn:
+        snapshot = await console.gauges(conn)
         domains = await queries.select_domains(conn)
         estimate = await queries.estimate_commands(conn)
         estimates = await queries.estimate_by_status(conn)
@@ -138,6 +144,7 @@ async def commands(console: Console, request: Request) -> Response:
             offset=offset,
         )
     )
+    shown, pages = one_page(found, offset, size)
     return console.render(
         request,
         "commands.html",
@@ -146,8 +153,8 @@ async def commands(console: Console, request: Request) -> Response:
             "domain": domain,
             "filters": filters,
             "statuses": list(CommandStatus),
-            "commands": found[:size],
-            "paging": paging(offset, size, len(found)),
+            "commands": shown,
+            "paging": pages,
         },
     )
 
@@ -166,7 +173,9 @@ async def command(console: Console, request: Request) -> Response:
 
 
 async def troubleshooting(console: Console, request: Request) -> Response:
-    snapshot = await console.gauges()
+    async with console.runtime.pool.connection() as conn:
+        snapshot = await console.gauges(conn)
+        known = await queries.select_domains(conn)
     waiting = (
         []
         if snapshot is None
@@ -174,7 +183,7 @@ async def troubleshooting(console: Console, request: Request) -> Response:
             g.domain for g in snapshot.gauges if g.status is CommandStatus.IN_TROUBLESHOOTING_QUEUE
         ]
     )
-    domains = sorted(set(waiting) | set(await _domains(console)))
+    domains = sorted(set(waiting) | set(known))
     default = waiting[0] if waiting else domains[0] if domains else None
     if redirect := with_default(console, request, "domain", default):
         return redirect
@@ -182,13 +191,14 @@ async def troubleshooting(console: Console, request: Request) -> Response:
     command_type = param(request, "type")
     offset = offset_of(request)
     size = console.settings.page_size
-    items, total = [], 0
+    found, total = [], 0
     if domain is not None:
         tsq = console.runtime.tsq
-        items = await tsq.list_troubleshooting(
+        found = await tsq.list_troubleshooting(
             domain, command_type=command_type, limit=size + 1, offset=offset
         )
         total = await tsq.count_troubleshooting(domain, command_type=command_type)
+    items, pages = one_page(found, offset, size)
     return console.render(
         request,
         "tsq.html",
@@ -196,12 +206,12 @@ async def troubleshooting(console: Console, request: Request) -> Response:
             "domains": domains,
             "domain": domain,
             "command_type": command_type,
-            "items": items[:size],
+            "items": items,
             "total": total,
-            "paging": paging(offset, size, len(items)),
+            "paging": pages,
             "done": done_message(request),
             "live": None if domain is None else f"tsq:{domain}",
-            "since": None if domain is None else live.tsq_version(snapshot, domain, items[:size]),
+            "since": None if domain is None else live.tsq_version(snapshot, domain, items),
         },
     )
 
@@ -221,6 +231,7 @@ async def batches(console: Console, request: Request) -> Response:
             domain, status=status, limit=size + 1, offset=offset
         )
     )
+    shown, pages = one_page(found, offset, size)
     return console.render(
         request,
         "batches.html",
@@ -229,8 +240,8 @@ async def batches(console: Console, request: Request) -> Response:
             "domain": domain,
             "status": status,
             "statuses": list(BatchStatus),
-            "batches": found[:size],
-            "paging": paging(offset, size, len(found)),
+            "batches": shown,
+            "paging": pages,
         },
     )
 

@@ -16,9 +16,8 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from triobus.actors.console.settings import ConsoleSettings
 from triobus.actors.runtime import Runtime
 from triobus.persistence import gauges
-from triobus.persistence.errors import DatabaseError
+from triobus.persistence.connection import Connection
 from triobus.persistence.gauges import GaugeSnapshot
-from triobus.persistence.schema import INSUFFICIENT_PRIVILEGE
 
 if TYPE_CHECKING:
     from triobus.actors.metrics import PrometheusMetrics
@@ -128,14 +127,11 @@ class Console:
         base = request.scope.get("root_path", "")
         return RedirectResponse(base + path + ("?" + query if query else ""), 303)
 
-    async def gauges(self) -> GaugeSnapshot | None:
+    async def gauges(self, conn: Connection | None = None) -> GaugeSnapshot | None:
         """The gauges' snapshot, refreshed first if it is older than GAUGES_MAX_AGE and no
-        other process is refreshing it (a role that may not refresh it reads it only)."""
-        async with self.runtime.pool.connection() as conn:
-            try:
-                async with conn.transaction():
-                    await gauges.refresh_gauges(conn, max_age=GAUGES_MAX_AGE)
-            except DatabaseError as ex:
-                if ex.sqlstate != INSUFFICIENT_PRIVILEGE:
-                    raise  # a role that may not refresh it reads what the workers keep
-            return await gauges.select_gauges(conn)
+        other process is refreshing it (`gauges.current_snapshot`), on `conn` or on a
+        connection of the pool."""
+        if conn is not None:
+            return await gauges.current_snapshot(conn, max_age=GAUGES_MAX_AGE)
+        async with self.runtime.pool.connection() as pooled:
+            return await gauges.current_snapshot(pooled, max_age=GAUGES_MAX_AGE)

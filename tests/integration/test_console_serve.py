@@ -85,13 +85,17 @@ async def test_a_batch_page_streams_each_change_of_its_counts(
 
 
 async def test_the_tsq_and_overview_streams_open_with_their_state(
-    served: httpx.AsyncClient,
+    triobus_runtime: Runtime, served: httpx.AsyncClient
 ) -> None:
+    """Without `since`, a stream opens with its topic's version: the overview's open
+    commands and last-minute throughput; the TSQ's size and first page."""
+    await triobus_runtime.bus.send("d", "T", uuid.uuid4(), {})  # no worker: it waits
+    opened = {}
     for topic in ("tsq:d", "overview"):
         with trio.fail_after(10):
             async with served.stream("GET", "/live", params={"topic": topic}) as live:
-                first = await anext(aiter(events(live)))
-        assert first is None or isinstance(first, (list, str))
+                opened[topic] = await anext(aiter(events(live)))
+    assert opened == {"tsq:d": [None, []], "overview": [[["d", "PENDING", 1]], {}]}
     refused = await served.get("/live", params={"topic": "everything"})
     assert refused.status_code == 400 and "unknown live topic" in refused.text
     assert (await served.get("/live", params={"topic": "batch:d:nope"})).status_code == 400
